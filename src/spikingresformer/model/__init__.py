@@ -1,0 +1,18 @@
+"""The SpikingResformer network, its blocks, multi-step layers and registered variants."""
+
+from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingMatmul
+from .spikingresformer import DSSA, GWFFN, VARIANTS, Downsample, SpikingResformer, default_cfgs
+
+__all__ = [
+    "DSSA",
+    "GWFFN",
+    "VARIANTS",
+    "Downsample",
+    "SeqBatchNorm2d",
+    "SeqConv2d",
+    "SeqLinear",
+    "SeqMaxPool2d",
+    "SpikingMatmul",
+    "SpikingResformer",
+    "default_cfgs",
+]

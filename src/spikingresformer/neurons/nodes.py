@@ -1,0 +1,118 @@
+"""Multi-step spiking neuron modules (SPEC section 2).
+
+Each module maps a ``[T, ...]`` tensor to spikes of the same shape. The membrane potential exists
+only inside one call: it starts at ``v_reset`` every time, so no reset call is ever needed and two
+calls on the same input return the same spikes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .backends import multistep_neuron
+
+__all__ = ["MultiStepNeuron", "LIF", "PLIF", "IF", "build_neuron"]
+
+
+class MultiStepNeuron(nn.Module):
+    """Base class: threshold, hard reset value, ATan width and the backend choice.
+
+    ``backend=None`` follows ``SPIKINGRESFORMER_NEURON_BACKEND`` or picks the fastest backend for the
+    input's device; a name forces that backend.
+    """
+
+    kind: str = ""
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        surrogate_alpha: float = 2.0,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.v_threshold = float(v_threshold)
+        self.v_reset = float(v_reset)
+        self.surrogate_alpha = float(surrogate_alpha)
+        self.backend = backend
+
+    def _decay(self) -> Optional[torch.Tensor | float]:
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} expects a [T, ...] tensor with at least 2 dimensions, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return multistep_neuron(
+            x, self.kind, self._decay(), self.v_threshold, self.v_reset, self.surrogate_alpha, self.backend
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
+            f"surrogate=ATan(alpha={self.surrogate_alpha}), backend={self.backend or 'auto'}"
+        )
+
+
+class LIF(MultiStepNeuron):
+    """Leaky integrate-and-fire with decaying input: ``h = v + (x - (v - v_reset)) / tau``."""
+
+    kind = "lif"
+
+    def __init__(self, tau: float = 2.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if tau <= 1.0:
+            raise ValueError(f"LIF needs tau > 1, got {tau}")
+        self.tau = float(tau)
+
+    def _decay(self) -> float:
+        return self.tau
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, " + super().extra_repr()
+
+
+class PLIF(MultiStepNeuron):
+    """Parametric LIF: like :class:`LIF` with ``1/tau`` replaced by ``sigmoid(w)``, ``w`` learnable.
+
+    ``w`` starts at ``-log(init_tau - 1)``; it is a 0-d parameter named ``w`` as in the official
+    checkpoints, and models exclude it from weight decay.
+    """
+
+    kind = "plif"
+
+    def __init__(self, init_tau: float = 2.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if init_tau <= 1.0:
+            raise ValueError(f"PLIF needs init_tau > 1, got {init_tau}")
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    def _decay(self) -> torch.Tensor:
+        return self.w
+
+    def extra_repr(self) -> str:
+        return f"tau={1.0 / torch.sigmoid(self.w.detach()).item():.4f}, " + super().extra_repr()
+
+
+class IF(MultiStepNeuron):
+    """Integrate-and-fire without leak: ``h = v + x``."""
+
+    kind = "if"
+
+
+_KINDS = {"lif": LIF, "plif": PLIF, "if": IF}
+
+
+def build_neuron(kind: str, backend: Optional[str] = None) -> MultiStepNeuron:
+    """Create a neuron module by name (``lif``, ``plif`` or ``if``) with the published constants."""
+    try:
+        cls = _KINDS[kind.lower()]
+    except KeyError:
+        raise ValueError(f"unknown neuron kind {kind!r}; expected one of {sorted(_KINDS)}") from None
+    return cls(backend=backend)
