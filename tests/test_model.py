@@ -1,0 +1,181 @@
+"""Model behaviour: variants, timm integration, input checks, finiteness, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+import spikingresformer as sr
+from conftest import FIXTURES
+from spikingresformer.model import DSSA
+
+KEYS = json.loads((FIXTURES / "official_state_dict_keys.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(KEYS))
+def test_variant_keys_shapes_and_param_counts(name):
+    spec = KEYS[name]
+    with torch.device("meta"):
+        m = sr.create_model(name, **spec["kwargs"])
+    state = {k: list(v.shape) for k, v in m.state_dict().items()}
+    assert state == spec["state_dict"]
+    total = sum(p.numel() for p in m.parameters())
+    bn = sum(p.numel() for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d) for p in mod.parameters())
+    assert total == spec["params_total"]
+    assert total - bn == spec["params_without_bn"]
+
+
+def test_list_models_and_timm_registry():
+    assert sr.list_models() == sorted(KEYS)
+    for name in KEYS:
+        assert name in timm.list_models("spikingresformer*")
+    m = timm.create_model("spikingresformer_cifar", num_classes=7, T=2, img_size=32)
+    assert isinstance(m, sr.SpikingResformer)
+    assert m.T == 2 and m.num_classes == 7
+    assert m.pretrained_cfg["T"] == 4 and m.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert timm.create_model("spikingresformer_dvsg").pretrained_cfg["T"] == 16
+    with pytest.raises(ValueError, match="unknown model"):
+        sr.create_model("spikingresformer_xl")
+
+
+def test_pretrained_cfgs_are_complete():
+    for name in KEYS:
+        cfg = timm.create_model(name).pretrained_cfg
+        for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "first_conv", "classifier", "T"):
+            assert key in cfg, (name, key)
+        assert cfg["first_conv"] == "prologue.0" and cfg["classifier"] == "classifier"
+
+
+def test_features_only_strides():
+    feats = timm.create_model("spikingresformer_ti", features_only=True, T=1)
+    assert feats.feature_info.reduction() == [4, 8, 16]
+    assert feats.feature_info.channels() == [64, 192, 384]
+    out = feats(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in out] == [(1, 64, 16, 16), (1, 192, 8, 8), (1, 384, 4, 4)]
+
+
+def test_forward_intermediates_keeps_time_axis():
+    m = sr.create_model("spikingresformer_cifar", T=2).eval()
+    with torch.no_grad():
+        logits, feats = m.forward_intermediates(torch.randn(1, 3, 16, 16), output_fmt="TNCHW")
+    assert logits.shape == (1, 10)
+    assert [tuple(f.shape) for f in feats] == [(2, 1, 64, 16, 16), (2, 1, 192, 8, 8), (2, 1, 384, 4, 4)]
+
+
+def test_timm_interface_methods():
+    m = sr.create_model("spikingresformer_dvsg")
+    nwd = m.no_weight_decay()
+    assert nwd and all(n.endswith(".w") for n in nwd)
+    assert len(nwd) == sum(1 for n, _ in m.named_parameters() if n.endswith(".w"))
+    assert sr.create_model("spikingresformer_cifar").no_weight_decay() == set()
+    m.reset_classifier(5)
+    assert m.get_classifier().weight.shape == (5, 192)
+    x = torch.randn(1, 2, 3, 16, 16)
+    m.eval()
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        assert feats.shape == (2, 1, 192, 4, 4)
+        assert m.forward_head(feats).shape == (1, 5)
+        assert m.forward_head(feats, pre_logits=True).shape == (1, 192)
+        assert torch.equal(m.forward_head(feats), m(x))
+    m.reset_classifier(0)
+    with torch.no_grad():
+        assert m(x).shape == (1, 192)
+
+
+def _finite_hooks(model):
+    bad = []
+
+    def hook(mod, inputs, output):
+        for i, t in enumerate(list(inputs) + [output]):
+            if isinstance(t, torch.Tensor) and not torch.isfinite(t).all():
+                bad.append(f"{mod.__class__.__name__} {'input' if i < len(inputs) else 'output'}")
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    return bad, handles
+
+
+@pytest.mark.parametrize("name,size", [("spikingresformer_cifar", 32), ("spikingresformer_ti", 64)])
+def test_fresh_model_eval_is_finite_everywhere(name, size):
+    m = sr.create_model(name, T=2).eval()
+    bad, handles = _finite_hooks(m)
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, size, size) * 3)
+    for h in handles:
+        h.remove()
+    assert torch.isfinite(out).all()
+    assert not bad, bad
+    # the rule: a zero firing-rate buffer is read as a rate of 1
+    dssa = next(mod for mod in m.modules() if isinstance(mod, DSSA))
+    assert torch.all(dssa.firing_rate_x == 0)
+    assert torch.equal(DSSA._scale(dssa.firing_rate_x, 16.0), torch.full_like(dssa.firing_rate_x, 0.25))
+
+
+def test_two_forward_calls_give_identical_outputs():
+    m = sr.create_model("spikingresformer_cifar", T=3).eval()
+    x = torch.randn(2, 3, 32, 32) * 2
+    with torch.no_grad():
+        a, b = m(x), m(x)
+    assert torch.equal(a, b)
+
+
+def test_first_training_forward_sets_rates_then_ema():
+    m = sr.create_model("spikingresformer_cifar", T=2).train()
+    dssa = next(mod for mod in m.modules() if isinstance(mod, DSSA))
+    seen = {}
+    dssa.activation_in.register_forward_hook(lambda mod, i, o: seen.setdefault("s", o.detach()))
+    m(torch.randn(2, 3, 16, 16) * 3)
+    rate = seen["s"].mean((0, 1, 2, 3, 4)).reshape(1, 1, 1, 1, 1)  # one head in stage 0
+    assert torch.allclose(dssa.firing_rate_x, rate, rtol=1e-6, atol=1e-9)
+    first = dssa.firing_rate_x.clone()
+    seen.clear()
+    m(torch.randn(2, 3, 16, 16) * 3)
+    rate2 = seen["s"].mean().reshape(1, 1, 1, 1, 1)
+    assert torch.allclose(dssa.firing_rate_x, first * 0.999 + rate2 * (1 - 0.999), rtol=1e-6, atol=1e-9)
+
+
+def test_model_built_at_224_runs_at_288():
+    m = sr.create_model("spikingresformer_ti", T=1, img_size=224).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 288, 288)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize(
+    "name,shape,match",
+    [
+        ("spikingresformer_cifar", (3, 32, 32), "3-d tensor"),
+        ("spikingresformer_cifar", (1, 1, 2, 3, 32, 32), "6-d tensor"),
+        ("spikingresformer_cifar", (1, 1, 32, 32), "got 1 channels"),
+        ("spikingresformer_cifar", (1, 2, 4, 32, 32), "got 4 channels"),
+        ("spikingresformer_cifar", (1, 3, 30, 32), "multiples of 4"),
+        ("spikingresformer_ti", (1, 3, 200, 200), "multiples of 16"),
+    ],
+)
+def test_bad_input_raises_value_error(name, shape, match):
+    m = sr.create_model(name, T=1)
+    with pytest.raises(ValueError, match=match) as e:
+        m(torch.zeros(shape))
+    assert str(tuple(shape)) in str(e.value)
+
+
+def test_constructor_rejects_inconsistent_arguments():
+    with pytest.raises(ValueError, match="one entry per stage"):
+        sr.SpikingResformer(planes=(8, 16), num_heads=(1, 2, 2))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        sr.SpikingResformer(planes=(8, 16, 30), num_heads=(1, 2, 4), group_size=8, num_classes=3)
+    with pytest.raises(TypeError, match="unexpected"):
+        sr.SpikingResformer(bogus=1)
+
+
+def test_small_custom_network_trains_a_step():
+    m = sr.SpikingResformer(
+        planes=(16, 32, 64), num_heads=(1, 2, 4), group_size=16, prologue="cifar", in_chans=1,
+        num_classes=10, T=2, img_size=16,
+    )
+    x = torch.randn(4, 1, 16, 16)
+    loss = m(x).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
