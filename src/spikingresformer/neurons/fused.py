@@ -1,0 +1,412 @@
+"""The ``fused`` neuron backend: forward and backward each one pass over time in one autograd node.
+
+Two implementations sit behind the same :class:`torch.autograd.Function`:
+
+* ``"c"`` (default on CPU): a small C kernel (``_csource.py``) built on first use with the system C
+  compiler (``gcc``/``cc``, or ``$CC``) into ``~/.cache/spikingresformer/kernels`` and called
+  through :mod:`ctypes`. It needs no PyTorch headers, so the first build takes about two seconds;
+  later processes load the cached library. OpenMP parallelises over neurons and shares PyTorch's
+  ``libgomp`` (same soname), so the two runtimes never compete.
+* ``"torch"``: the same single-node scheme written with PyTorch element-wise ops (a few passes over
+  memory per step instead of one). It runs on any device and dtype and is the automatic fallback
+  when no compiler is available or the build fails (a warning says so once).
+
+For backward only the pre-reset membrane ``h`` is stored, in the input's dtype; the spike of a step
+is recomputed as ``h >= v_threshold`` and the previous membrane as ``v_reset if spiked else h``.
+PLIF also keeps a reference to its input ``x`` (needed for the gradient of ``w``). The forward
+arithmetic is the reference loop's, operation for operation, so spikes are bit-identical; gradients
+agree to rounding (the PLIF ``w`` gradient is accumulated in float64).
+
+``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``) forces an implementation;
+``SPIKINGRESFORMER_CACHE_DIR`` moves the kernel cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ._csource import C_SOURCE, KINDS
+from .surrogate import atan_surrogate_grad
+
+__all__ = ["fused_multistep", "lazy_triton_multistep", "c_kernel_available", "build_c_kernel", "IMPL_ENV_VAR", "CACHE_ENV_VAR"]
+
+IMPL_ENV_VAR = "SPIKINGRESFORMER_FUSED_IMPL"
+CACHE_ENV_VAR = "SPIKINGRESFORMER_CACHE_DIR"
+
+_DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_lib_error: Optional[str] = None
+_lib_tried = False
+_warned = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and loading the C kernel
+# --------------------------------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "spikingresformer" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """CPU feature flags (the library is built with ``-march=native``, so the cache key includes them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> Optional[str]:
+    cc = os.environ.get("CC")
+    if cc and shutil.which(cc.split()[0]):
+        return cc
+    for name in ("gcc", "cc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],
+    ["-O3"],
+)
+_COMMON_FLAGS = ["-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
+
+
+def build_c_kernel(force: bool = False) -> ctypes.CDLL:
+    """Compile (or load from the cache) the C kernel library; raise ``RuntimeError`` if impossible."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (looked for $CC, gcc, cc, clang)")
+    try:
+        version = subprocess.run(
+            cc.split() + ["-dumpfullversion", "-dumpversion"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"cannot run the C compiler {cc!r}: {exc}") from exc
+    cache = _cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=cache, delete=True)
+        probe.close()
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / f"spikingresformer-kernels-{os.getuid()}"
+        cache.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            "\0".join([C_SOURCE, cc, version, " ".join(flags + _COMMON_FLAGS), _cpu_signature()]).encode()
+        ).hexdigest()[:20]
+        target = cache / f"srf_neuron_{key}.so"
+        if not target.exists() or force:
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                src = Path(tmp) / "srf_neuron.c"
+                src.write_text(C_SOURCE)
+                out = Path(tmp) / "srf_neuron.so"
+                proc = subprocess.run(
+                    cc.split() + flags + _COMMON_FLAGS + [str(src), "-o", str(out)],
+                    capture_output=True, text=True, timeout=300,
+                )
+                if proc.returncode != 0:
+                    errors.append(f"{' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
+                    continue
+                os.replace(out, target)  # atomic: concurrent builders never see a partial file
+        try:
+            lib = ctypes.CDLL(str(target))
+            if lib.srf_abi_version() != 3:
+                raise OSError("ABI version mismatch")
+        except OSError as exc:
+            errors.append(f"{' '.join(flags)}: load failed: {exc}")
+            continue
+        _declare(lib)
+        return lib
+    raise RuntimeError("building the fused neuron kernel failed:\n" + "\n".join(errors))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    vp, i64, d, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    for dname in _DTYPE_NAMES.values():
+        for kname in KINDS:
+            fwd = getattr(lib, f"srf_fwd_{dname}_{kname}", None)
+            if fwd is None:  # e.g. no _Float16 support in this compiler
+                continue
+            fwd.argtypes = [vp, vp, vp, i64, i64, d, d, d, i]
+            fwd.restype = None
+            bwd = getattr(lib, f"srf_bwd_{dname}_{kname}")
+            bwd.argtypes = [vp, vp, vp, vp, i64, i64, d, d, d, d, i]
+            bwd.restype = d
+
+
+def _get_lib() -> Optional[ctypes.CDLL]:
+    global _lib, _lib_error, _lib_tried
+    if _lib_tried:
+        return _lib
+    with _lock:
+        if not _lib_tried:
+            try:
+                _lib = build_c_kernel()
+            except Exception as exc:  # any failure means: use the PyTorch implementation
+                _lib, _lib_error = None, str(exc)
+            _lib_tried = True
+    return _lib
+
+
+def c_kernel_available() -> bool:
+    """Whether the compiled CPU kernel can be used in this process (builds it on first call)."""
+    return _get_lib() is not None
+
+
+def _impl_for(x: torch.Tensor) -> str:
+    """``"c"`` or ``"torch"`` for input ``x``, honouring ``SPIKINGRESFORMER_FUSED_IMPL``."""
+    global _warned
+    choice = os.environ.get(IMPL_ENV_VAR, "auto").lower() or "auto"
+    if choice not in ("auto", "c", "torch"):
+        raise ValueError(f"{IMPL_ENV_VAR} must be 'auto', 'c' or 'torch', got {choice!r}")
+    if choice == "torch" or x.device.type != "cpu" or x.dtype not in _DTYPE_NAMES:
+        return "torch"
+    lib = _get_lib()
+    if lib is None:
+        if choice == "c":
+            raise RuntimeError(f"{IMPL_ENV_VAR}=c but the C kernel is unavailable: {_lib_error}")
+        if not _warned:
+            warnings.warn(
+                "spikingresformer: the fused C neuron kernel could not be built, using the slower "
+                f"PyTorch implementation instead. Reason: {_lib_error}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            _warned = True
+        return "torch"
+    if not hasattr(lib, f"srf_fwd_{_DTYPE_NAMES[x.dtype]}_lif"):
+        return "torch"
+    return "c"
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory layout helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _time_major_dense(x: torch.Tensor) -> bool:
+    """True if ``x`` covers its memory without gaps and time is its outermost axis (any inner order)."""
+    if x.dim() < 1 or x.numel() == 0:
+        return False
+    if x.is_contiguous():
+        return True
+    n = x.numel() // x.shape[0]
+    if x.stride(0) != n and x.shape[0] > 1:
+        return False
+    dims = sorted((x.stride(i), x.shape[i]) for i in range(1, x.dim()) if x.shape[i] != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _like(ref: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with exactly ``ref``'s strides (copying only if needed)."""
+    if t.stride() == ref.stride() and t.dtype == ref.dtype:
+        return t
+    out = torch.empty_strided(ref.shape, ref.stride(), dtype=ref.dtype, device=ref.device)
+    out.copy_(t)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The two implementations
+# --------------------------------------------------------------------------------------------------
+
+
+def _c_forward(x: torch.Tensor, kind: str, coef: float, vth: float, vr: float, store_h: bool):
+    lib = _lib
+    assert lib is not None
+    steps = x.shape[0]
+    n = x.numel() // steps
+    spikes = torch.empty_like(x)
+    h = torch.empty_like(x) if store_h else None
+    getattr(lib, f"srf_fwd_{_DTYPE_NAMES[x.dtype]}_{kind}")(
+        x.data_ptr(), spikes.data_ptr(), h.data_ptr() if h is not None else None,
+        steps, n, coef, vth, vr, torch.get_num_threads(),
+    )
+    return spikes, h
+
+
+def _c_backward(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, kind: str, coef: float,
+                vth: float, vr: float, alpha: float):
+    lib = _lib
+    assert lib is not None
+    steps = h.shape[0]
+    n = h.numel() // steps
+    grad_x = torch.empty_like(h)
+    gk = getattr(lib, f"srf_bwd_{_DTYPE_NAMES[h.dtype]}_{kind}")(
+        h.data_ptr(), x.data_ptr() if x is not None else None, grad.data_ptr(), grad_x.data_ptr(),
+        steps, n, coef, vth, vr, alpha, torch.get_num_threads(),
+    )
+    return grad_x, gk
+
+
+def _torch_forward(x: torch.Tensor, kind: str, coef: Any, vth: float, vr: float, store_h: bool):
+    spikes = torch.empty_like(x)
+    hs = torch.empty_like(x) if store_h else None
+    v: Any = vr
+    for t in range(x.shape[0]):
+        if kind == "if":
+            h = v + x[t]
+        elif kind == "lif":
+            h = v + (x[t] - (v - vr)) / coef
+        else:
+            h = v + (x[t] - (v - vr)) * coef
+        s = h >= vth
+        spikes[t].copy_(s)
+        if hs is not None:
+            hs[t].copy_(h)
+        v = h.masked_fill(s, vr)
+    return spikes, hs
+
+
+def _torch_backward(hs: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, kind: str, coef: Any,
+                    vth: float, vr: float, alpha: float):
+    grad_x = torch.empty_like(hs)
+    gv: Optional[torch.Tensor] = None
+    gk = torch.zeros((), dtype=torch.float64, device=hs.device)
+    for t in range(hs.shape[0] - 1, -1, -1):
+        h = hs[t]
+        s = h >= vth
+        g = grad[t] * atan_surrogate_grad(h - vth, alpha)
+        if gv is not None:
+            g = g + gv.masked_fill(s, 0.0)
+        if kind == "if":
+            grad_x[t].copy_(g)
+            gv = g
+        elif kind == "lif":
+            grad_x[t].copy_(g / coef)
+            gv = g - g / coef
+        else:
+            grad_x[t].copy_(g * coef)
+            gv = g - g * coef
+            assert x is not None
+            vp = hs[t - 1].masked_fill(hs[t - 1] >= vth, vr) if t > 0 else vr
+            gk += (g.double() * (x[t] - (vp - vr)).double()).sum()
+    return grad_x, gk
+
+
+class FusedNeuronFunction(torch.autograd.Function):
+    """Multi-step neuron with a one-node graph; ``w`` is PLIF's raw weight (``None`` for LIF/IF)."""
+
+    @staticmethod
+    def forward(ctx, x, w, kind, tau, vth, vr, alpha, impl):  # type: ignore[override]
+        if kind == "plif":
+            k = torch.sigmoid(w.detach())
+            coef: Any = k.item() if impl == "c" else k.to(x.device)
+        else:
+            k = None
+            coef = tau if kind == "lif" else 1.0
+        if impl == "c":
+            xc = x if _time_major_dense(x) else x.contiguous()
+            spikes, h = _c_forward(xc, kind, coef, vth, vr, True)
+        else:
+            xc = x
+            spikes, h = _torch_forward(x, kind, coef, vth, vr, True)
+        ctx.kind, ctx.coef, ctx.vth, ctx.vr, ctx.alpha, ctx.impl = kind, coef, vth, vr, alpha, impl
+        if kind == "plif":
+            ctx.save_for_backward(h, xc, k)
+        else:
+            ctx.save_for_backward(h)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        h = saved[0]
+        x = saved[1] if ctx.kind == "plif" else None
+        if ctx.impl == "c":
+            grad_x, gk = _c_backward(h, x, _like(h, grad), ctx.kind, ctx.coef, ctx.vth, ctx.vr, ctx.alpha)
+        else:
+            grad_x, gk = _torch_backward(h, x, grad, ctx.kind, ctx.coef, ctx.vth, ctx.vr, ctx.alpha)
+        grad_w = None
+        if ctx.kind == "plif" and ctx.needs_input_grad[1]:
+            k = saved[2]
+            gk_t = torch.as_tensor(gk, dtype=torch.float64, device=k.device)
+            grad_w = (gk_t * (k.double() * (1.0 - k.double()))).to(k.dtype)
+        return grad_x, grad_w, None, None, None, None, None, None
+
+
+def fused_multistep(
+    x: torch.Tensor,
+    kind: str,
+    decay: Optional[torch.Tensor | float],
+    v_threshold: float,
+    v_reset: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Fused multi-step neuron; same signature and results as ``reference_multistep``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown neuron kind {kind!r}; expected one of {sorted(KINDS)}")
+    impl = _impl_for(x)
+    vth, vr, alpha = float(v_threshold), float(v_reset), float(alpha)
+    w: Optional[torch.Tensor] = None
+    tau = 0.0
+    if kind == "plif":
+        w = decay if isinstance(decay, torch.Tensor) else torch.tensor(float(decay))  # type: ignore[arg-type]
+    elif kind == "lif":
+        tau = float(decay)  # type: ignore[arg-type]
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad))
+    if needs_grad:
+        return FusedNeuronFunction.apply(x, w, kind, tau, vth, vr, alpha, impl)
+    # Inference: no autograd node, nothing stored for backward.
+    if kind == "plif":
+        k = torch.sigmoid(w)  # type: ignore[arg-type]
+        coef: Any = k.item() if impl == "c" else k.to(x.device)
+    else:
+        coef = tau if kind == "lif" else 1.0
+    if impl == "c":
+        xc = x if _time_major_dense(x) else x.contiguous()
+        return _c_forward(xc, kind, coef, vth, vr, False)[0]
+    return _torch_forward(x, kind, coef, vth, vr, False)[0]
+
+
+_triton_fn: Any = None
+
+
+def lazy_triton_multistep(
+    x: torch.Tensor,
+    kind: str,
+    decay: Optional[torch.Tensor | float],
+    v_threshold: float,
+    v_reset: float,
+    alpha: float,
+) -> torch.Tensor:
+    """The ``triton`` backend, importing Triton on first use (keeps ``import spikingresformer`` fast)."""
+    global _triton_fn
+    if _triton_fn is None:
+        from .triton_backend import triton_multistep
+
+        _triton_fn = triton_multistep
+    return _triton_fn(x, kind, decay, v_threshold, v_reset, alpha)
