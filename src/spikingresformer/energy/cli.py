@@ -1,0 +1,201 @@
+"""``spikingresformer energy``: per-layer MACs, SOPs, firing rates and energy of a model on a batch.
+
+Prints a table per stage and per layer with totals under both conventions (SPEC section 6) and,
+with ``--output DIR``, writes ``energy.json``, ``layers.csv``, ``neurons.csv``, ``table.txt``,
+``firing_rates.png`` and ``sops_per_layer.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+from .counting import analyze
+from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, render_table, summarize
+
+__all__ = ["add_arguments", "run", "main", "build_inputs", "calibrate_batchnorm"]
+
+SYNTHETIC = ("random", "zeros", "ones")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``energy`` subcommand's options to ``parser``."""
+    parser.add_argument("--model", required=True, help="variant name, e.g. spikingresformer_ti")
+    parser.add_argument("--checkpoint", default=None, help="official or package checkpoint to load")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), default=None,
+                      help="input channels and spatial size (default: the variant's)")
+    size.add_argument("--img-size", type=int, default=None, help="square input side (default: the variant's)")
+    parser.add_argument("--T", type=int, default=None, help="time steps (default: the variant's recipe)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per batch")
+    parser.add_argument("--batches", type=int, default=1, help="batches to average over (dataset input)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: variant/dataset)")
+    parser.add_argument("--data", default="random",
+                        help="input: a dataset name (e.g. digits; evaluation split) or synthetic "
+                             f"{'/'.join(SYNTHETIC)} (default random)")
+    parser.add_argument("--data-root", default=None, help="dataset folder, for datasets that need one")
+    parser.add_argument("--event", action="store_true",
+                        help="synthetic input as [B, T, C, H, W] event frames (default for *_dvsg)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic input")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--e-mac-pj", type=float, default=E_MAC_PJ, help="energy per MAC in pJ (default 4.6)")
+    parser.add_argument("--e-ac-pj", type=float, default=E_AC_PJ, help="energy per addition in pJ (default 0.9)")
+    parser.add_argument("--calibrate-bn", action="store_true",
+                        help="re-estimate BatchNorm statistics (and DSSA firing rates) on the input batches "
+                             "before counting; for fresh weights, which barely spike with default statistics")
+    parser.add_argument("--output", default=None, help="folder for JSON, CSV and PNG files")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
+
+
+def _variant_defaults(name: str) -> Tuple[Tuple[int, int, int], int]:
+    """The variant's ``(input_size, T)``."""
+    from ..model.spikingresformer import DEFAULT_T, default_cfgs
+
+    cfg = default_cfgs[name]
+    size = cfg["input_size"] if isinstance(cfg, dict) else cfg.default.input_size
+    return tuple(size), DEFAULT_T[name]  # type: ignore[return-value]
+
+
+def build_inputs(args: argparse.Namespace) -> Tuple[List[torch.Tensor], dict]:
+    """The input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``)."""
+    from .. import VARIANTS
+
+    if args.model not in VARIANTS:
+        raise ValueError(f"unknown model {args.model!r}; expected one of {sorted(VARIANTS)}")
+    (c, h, w), T = _variant_defaults(args.model)
+    if args.input_size is not None:
+        c, h, w = args.input_size
+    elif args.img_size is not None:
+        h = w = args.img_size
+    T = args.T or T
+    opts = dict(T=T, img_size=h, in_chans=c)
+    if args.num_classes is not None:
+        opts["num_classes"] = args.num_classes
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+
+    if args.data in SYNTHETIC:
+        event = args.event or args.model.endswith("_dvsg")
+        g = torch.Generator().manual_seed(args.seed)
+        shape = (args.batch_size, T, c, h, w) if event else (args.batch_size, c, h, w)
+        if args.data == "zeros":
+            x = torch.zeros(shape)
+        elif args.data == "ones":
+            x = torch.ones(shape)
+        elif event:
+            x = torch.poisson(torch.full(shape, 0.2), generator=g)  # sparse per-pixel event counts
+        else:
+            x = torch.randn(shape, generator=g)  # a normalised image's statistics
+        return [x], opts
+
+    from torch.utils.data import DataLoader
+
+    from ..data import build_dataset
+
+    if h != w:
+        raise ValueError("dataset input needs a square size (--img-size)")
+    dataset, info = build_dataset(args.data, args.data_root, train=False, img_size=h, T=T, augment=False)
+    opts["in_chans"] = info.in_chans
+    opts.setdefault("num_classes", info.num_classes)
+    batches = []
+    for i, batch in enumerate(DataLoader(dataset, batch_size=args.batch_size, shuffle=False)):
+        if i >= args.batches:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        batches.append(x)
+    if info.event:
+        opts["T"] = int(batches[0].shape[1])
+    return batches, opts
+
+
+def calibrate_batchnorm(model: torch.nn.Module, batches: List[torch.Tensor]) -> None:
+    """Replace BatchNorm running statistics by their average over train-mode passes on ``batches``.
+
+    This changes the model (as the fixtures' "statistics re-estimated" step does); the DSSA firing-rate
+    buffers of a fresh model also take the batch's rates. Gradients are not computed.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    flags = {m: m.training for m in model.modules()}
+    device = next(model.parameters()).device
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the passes
+        model.train()
+        with torch.no_grad():
+            for x in batches:
+                model(x.to(device))
+    finally:
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _write_outputs(report: EnergyReport, table: str, out: Path, plots: bool) -> List[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "energy.json", out / "layers.csv", out / "neurons.csv", out / "table.txt"]
+    report.to_json(files[0])
+    report.write_csv(files[1], files[2])
+    files[3].write_text(table + "\n")
+    if plots:
+        from .plots import plot_firing_rates, plot_sops_per_layer
+
+        files.append(plot_firing_rates(report, out / "firing_rates.png"))
+        files.append(plot_sops_per_layer(report, out / "sops_per_layer.png"))
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the ``energy`` subcommand; returns the process exit status."""
+    import spikingresformer
+
+    try:
+        batches, opts = build_inputs(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = spikingresformer.create_model(args.model, **opts)
+    if args.checkpoint:
+        try:
+            spikingresformer.load_checkpoint(model, args.checkpoint)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: cannot load {args.checkpoint}: {e}", file=sys.stderr)
+            return 2
+    model.to(device)
+    if args.calibrate_bn:
+        calibrate_batchnorm(model, batches)
+    try:
+        report = analyze(model, batches, e_mac_pj=args.e_mac_pj, e_ac_pj=args.e_ac_pj, T=opts["T"],
+                         model_name=args.model)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = render_table(report)
+    print(table)
+    print()
+    print(summarize(report))
+    if report.mean_firing_rate < 1e-3 and not args.checkpoint and not args.calibrate_bn:
+        print("note: fresh weights with default BatchNorm statistics barely spike in eval mode; "
+              "add --calibrate-bn to re-estimate the statistics on the input first")
+    if args.output:
+        for f in _write_outputs(report, table, Path(args.output), plots=not args.no_plots):
+            print(f"wrote {f}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Standalone entry point: ``python -m spikingresformer.energy.cli --model ...``."""
+    parser = argparse.ArgumentParser(prog="spikingresformer energy", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

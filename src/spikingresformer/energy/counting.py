@@ -1,0 +1,436 @@
+"""Operation and spike counting with forward hooks (SPEC section 6).
+
+:class:`EnergyMeter` attaches read-only forward hooks to every convolution, linear layer,
+:class:`~spikingresformer.model.layers.SpikingMatmul`, BatchNorm and spiking neuron of a model and
+accumulates, over every forward call while it is attached:
+
+* dense multiply-accumulates (MACs) of each counted layer, as if every activation were non-zero;
+* synaptic operations (SOPs): the additions that the non-zero entries of a layer's input trigger,
+  counted exactly (border effects, stride, padding and groups included);
+* BatchNorm output elements (the official tool counts 4 operations for each);
+* spikes and neuron-steps of every neuron layer (firing rates).
+
+A layer's input counts as *spikes* when two things hold: it is (a view of) the output of a
+:class:`~spikingresformer.neurons.MultiStepNeuron` of the same forward call (structural test), and
+every value seen is 0 or 1 (value test). Both results are kept in the records, so a reader can see
+why a layer was or was not counted. The stem convolution of an event model receives binary-looking
+event frames but follows no neuron, so it stays a real-input layer, as in the official convention.
+
+:func:`analyze` runs a model in eval mode on one batch (or an iterable of batches) under a meter and
+returns an :class:`~spikingresformer.energy.report.EnergyReport`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.layers import SpikingMatmul
+from ..neurons import MultiStepNeuron
+from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, LayerRecord, NeuronRecord
+
+__all__ = ["EnergyMeter", "analyze", "stage_of", "official_param_count"]
+
+Batch = Union[torch.Tensor, Tuple[Any, ...], List[Any], Dict[str, Any]]
+
+
+def stage_of(name: str) -> str:
+    """Stage label of an official module name: ``prologue``, ``stage1``..``stageN`` or ``head``."""
+    parts = name.split(".")
+    if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
+        return f"stage{int(parts[1]) + 1}"
+    if parts[0] == "prologue":
+        return "prologue"
+    if parts[0] in ("classifier", "head", "fc"):
+        return "head"
+    return parts[0] or "model"
+
+
+def official_param_count(model: nn.Module) -> Tuple[int, int]:
+    """``(params, params_without_bn)``: conv, linear and BatchNorm parameters as the official tool counts them.
+
+    Parameters of other modules (PLIF's ``w``) are left out, as the official thop-based count does.
+    """
+    total = no_bn = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            n = sum(p.numel() for p in m.parameters(recurse=False))
+            total += n
+            if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+                no_bn += n
+    return total, no_bn
+
+
+def _root(t: torch.Tensor) -> torch.Tensor:
+    """The tensor that owns ``t``'s memory (``t`` itself unless it is a view)."""
+    base = t._base
+    return t if base is None else base
+
+
+class _LayerAcc:
+    """Running sums for one counted layer (device tensors, so counting adds no host syncs)."""
+
+    def __init__(self, name: str, kind: str, module: nn.Module) -> None:
+        self.name = name
+        self.kind = kind
+        self.module = module
+        self.calls = 0
+        self.dense_macs = 0  # MACs summed over images and steps (python int, exact)
+        self.sops: Optional[torch.Tensor] = None  # float64 scalar: triggered additions, all images/steps
+        self.nonzero: Optional[torch.Tensor] = None  # non-zero input entries (spike operand)
+        self.numel = 0  # input entries (spike operand), summed like ``nonzero``
+        self.binary: Optional[torch.Tensor] = None  # bool scalar: every input value was 0 or 1
+        self.after_neuron = True
+        self.input_shape: Tuple[int, ...] = ()
+
+    def add(self, sops: torch.Tensor, nonzero: torch.Tensor, numel: int, binary: torch.Tensor) -> None:
+        self.sops = sops if self.sops is None else self.sops + sops
+        self.nonzero = nonzero if self.nonzero is None else self.nonzero + nonzero
+        self.numel += numel
+        self.binary = binary if self.binary is None else self.binary & binary
+
+
+class _NeuronAcc:
+    """Running sums for one neuron layer."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.spikes: Optional[torch.Tensor] = None
+        self.numel = 0
+        self.calls = 0
+
+    def add(self, spikes: torch.Tensor, numel: int) -> None:
+        self.spikes = spikes if self.spikes is None else self.spikes + spikes
+        self.numel += numel
+
+
+class EnergyMeter:
+    """Counts MACs, SOPs, BatchNorm elements and spikes of every forward call while attached.
+
+    Use as a context manager around ordinary forward calls (any mode; the hooks only read)::
+
+        with EnergyMeter(model) as meter:
+            for x, _ in loader:
+                model(x)
+        report = meter.report()
+
+    Each call of ``model`` is one batch: ``[B, C, H, W]`` images (repeated over ``T`` steps, ``T``
+    taken from ``model.T`` unless given) or ``[B, T, C, H, W]`` event frames.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        T: Optional[int] = None,
+        e_mac_pj: float = E_MAC_PJ,
+        e_ac_pj: float = E_AC_PJ,
+        model_name: Optional[str] = None,
+    ) -> None:
+        self.model = model
+        self.T_override = T
+        self.e_mac_pj = float(e_mac_pj)
+        self.e_ac_pj = float(e_ac_pj)
+        self.model_name = model_name or getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
+        self._handles: List[Any] = []
+        self._layers: Dict[str, _LayerAcc] = {}
+        self._neurons: Dict[str, _NeuronAcc] = {}
+        self._bn_ops = 0
+        self._images = 0
+        self._image_steps = 0
+        self._Ts: set[int] = set()
+        self._input_shape: Tuple[int, ...] = ()
+        self._event_input = False
+        self._device = "cpu"
+        # per-call state
+        self._B = 0
+        self._T = 0
+        self._spike_roots: Dict[int, weakref.ReferenceType] = {}
+
+    # -- attach / detach ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "EnergyMeter":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        """Register the hooks (idempotent)."""
+        if self._handles:
+            return
+        self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
+        self._handles.append(self.model.register_forward_hook(self._on_model_output))
+        for name, m in self.model.named_modules():
+            if isinstance(m, MultiStepNeuron):
+                self._handles.append(m.register_forward_hook(self._neuron_hook(name)))
+            elif isinstance(m, nn.Conv2d):
+                self._handles.append(m.register_forward_hook(self._layer_hook(name, "conv", self._count_conv)))
+            elif isinstance(m, nn.Linear):
+                self._handles.append(m.register_forward_hook(self._layer_hook(name, "linear", self._count_linear)))
+            elif isinstance(m, SpikingMatmul):
+                self._handles.append(m.register_forward_hook(self._layer_hook(name, "matmul", self._count_matmul)))
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self._handles.append(m.register_forward_hook(self._bn_hook))
+
+    def detach(self) -> None:
+        """Remove every hook this meter registered."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._spike_roots.clear()
+
+    # -- per-call bookkeeping ----------------------------------------------------------------------
+
+    def _on_model_input(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+            raise ValueError("EnergyMeter expects the model to be called on [B, C, H, W] or [B, T, C, H, W] tensors")
+        self._B = int(x.shape[0])
+        if x.dim() == 5:
+            self._T = int(x.shape[1])
+            self._event_input = True
+        else:
+            t = self.T_override if self.T_override is not None else getattr(self.model, "T", None)
+            if t is None:
+                raise ValueError("static-image input needs T: pass EnergyMeter(model, T=...) or give the model a .T")
+            self._T = int(t)
+        self._input_shape = tuple(int(s) for s in x.shape)
+        self._device = str(x.device)
+        self._spike_roots.clear()
+
+    def _on_model_output(self, module: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
+        self._images += self._B
+        self._image_steps += self._B * self._T
+        self._Ts.add(self._T)
+        self._spike_roots.clear()
+
+    def _repeat(self, samples: int, name: str) -> int:
+        """How many of the T steps one call's samples stand for (T for a once-per-image stem, else 1)."""
+        B, T = self._B, self._T
+        if B == 0:
+            raise RuntimeError("EnergyMeter saw a layer call outside a model forward")
+        if samples == B * T:
+            return 1
+        if samples == B:
+            return T
+        raise ValueError(
+            f"layer {name!r}: {samples} samples in one call fit neither B*T={B * T} nor B={B}; "
+            "the meter expects [T, B, ...] (or [B, ...] for a stem run once per image)"
+        )
+
+    def _is_spike_source(self, t: torch.Tensor) -> bool:
+        ref = self._spike_roots.get(id(_root(t)))
+        return ref is not None and ref() is _root(t)
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def _neuron_hook(self, name: str):
+        def hook(module: nn.Module, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+            with torch.no_grad():
+                acc = self._neurons.get(name)
+                if acc is None:
+                    acc = self._neurons[name] = _NeuronAcc(name, getattr(module, "kind", "") or type(module).__name__)
+                acc.calls += 1
+                acc.add(out.detach().sum(dtype=torch.float64), out.numel())
+                root = _root(out)
+                self._spike_roots[id(root)] = weakref.ref(root)
+
+        return hook
+
+    def _bn_hook(self, module: nn.Module, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+        samples = int(out.shape[0]) if out.dim() == 4 else int(out.shape[0] * out.shape[1])
+        per_element = 4 if getattr(module, "affine", True) else 2
+        self._bn_ops += per_element * out.numel() * self._repeat(samples, "BatchNorm")
+
+    def _layer_hook(self, name: str, kind: str, counter):
+        def hook(module: nn.Module, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+            with torch.no_grad():
+                acc = self._layers.get(name)
+                if acc is None:
+                    acc = self._layers[name] = _LayerAcc(name, kind, module)
+                acc.calls += 1
+                counter(acc, module, args, out)
+
+        return hook
+
+    def _add_input(self, acc: _LayerAcc, x: torch.Tensor, sops_one_pass: torch.Tensor, repeat: int) -> None:
+        """Fold one call's spike-operand statistics into ``acc``."""
+        acc.after_neuron = acc.after_neuron and self._is_spike_source(x)
+        x = x.detach()
+        binary = ((x == 0) | (x == 1)).all()
+        nonzero = x.ne(0).sum(dtype=torch.float64)
+        acc.input_shape = tuple(int(s) for s in x.shape)
+        acc.add(sops_one_pass * repeat, nonzero * repeat, x.numel() * repeat, binary)
+
+    def _count_conv(self, acc: _LayerAcc, m: nn.Conv2d, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+        x = args[0]
+        if x.dim() == 5:
+            samples = int(x.shape[0] * x.shape[1])
+            x4 = x.flatten(0, 1)
+        else:
+            samples = int(x.shape[0]) if x.dim() == 4 else 1
+            x4 = x if x.dim() == 4 else x.unsqueeze(0)
+        repeat = self._repeat(samples, acc.name)
+        kh, kw = m.kernel_size
+        acc.dense_macs += out.numel() * (m.in_channels // m.groups) * kh * kw * repeat
+        # sum(conv2d(s, ones_like(W))) = (out_channels / groups) * sum(conv2d(sum_c s, ones(1, 1, kh, kw)))
+        counts = x4.detach().ne(0).sum(dim=1, keepdim=True, dtype=torch.float64)
+        padding: Any = m.padding
+        if m.padding_mode != "zeros":
+            counts = F.pad(counts, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+            padding = 0
+        ones = torch.ones(1, 1, kh, kw, dtype=torch.float64, device=counts.device)
+        reached = F.conv2d(counts, ones, stride=m.stride, padding=padding, dilation=m.dilation)
+        sops = reached.sum() * (m.out_channels // m.groups)
+        self._add_input(acc, x, sops, repeat)
+
+    def _count_linear(self, acc: _LayerAcc, m: nn.Linear, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+        x = args[0]
+        samples = math.prod(int(s) for s in x.shape[:-1])
+        repeat = self._repeat(samples, acc.name)
+        acc.dense_macs += out.numel() * m.in_features * repeat
+        sops = x.detach().ne(0).sum(dtype=torch.float64) * m.out_features
+        self._add_input(acc, x, sops, repeat)
+
+    def _count_matmul(self, acc: _LayerAcc, m: SpikingMatmul, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+        left, right = args[0], args[1]
+        batch = out.shape[:-2]
+        samples = int(out.shape[0] * out.shape[1]) if out.dim() >= 5 else math.prod(int(s) for s in batch)
+        repeat = self._repeat(samples, acc.name)
+        k = int(left.shape[-1])
+        acc.dense_macs += out.numel() * k * repeat
+        batch_numel = math.prod(int(s) for s in batch)
+        if getattr(m, "spike_operand", "right") == "right":
+            spikes = right
+            # sum(ones_like(left) @ right) = M * (column sums of right), broadcast over the batch axes
+            factor = int(left.shape[-2]) * batch_numel // math.prod(int(s) for s in right.shape[:-2])
+        else:
+            spikes = left
+            factor = int(right.shape[-1]) * batch_numel // math.prod(int(s) for s in left.shape[:-2])
+        sops = spikes.detach().ne(0).sum(dtype=torch.float64) * factor
+        self._add_input(acc, spikes, sops, repeat)
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything counted so far (hooks stay attached)."""
+        self._layers.clear()
+        self._neurons.clear()
+        self._bn_ops = self._images = self._image_steps = 0
+        self._Ts = set()
+
+    def report(self, model_name: Optional[str] = None) -> EnergyReport:
+        """Build the :class:`EnergyReport` of everything counted since the last :meth:`reset`."""
+        if self._images == 0:
+            raise RuntimeError("EnergyMeter has not seen a complete forward call yet")
+        images, image_steps = self._images, self._image_steps
+        T: Union[int, float] = image_steps / images
+        if len(self._Ts) == 1:
+            T = next(iter(self._Ts))
+
+        def per(x: int, d: int) -> Union[int, float]:
+            return x // d if x % d == 0 else x / d
+
+        layers = []
+        for acc in self._layers.values():
+            binary = bool(acc.binary.item()) if acc.binary is not None else False
+            params = sum(p.numel() for p in acc.module.parameters(recurse=False))
+            layers.append(
+                LayerRecord(
+                    name=acc.name,
+                    stage=stage_of(acc.name),
+                    kind=acc.kind,
+                    spike_input=binary and acc.after_neuron,
+                    macs_per_step=per(acc.dense_macs, image_steps),
+                    sops=float(acc.sops.item()) / images if acc.sops is not None else 0.0,
+                    input_rate=float(acc.nonzero.item()) / acc.numel if acc.numel else 0.0,
+                    after_neuron=acc.after_neuron,
+                    binary_input=binary,
+                    params=int(params),
+                    input_shape=list(acc.input_shape),
+                )
+            )
+        neurons = [
+            NeuronRecord(
+                name=acc.name,
+                stage=stage_of(acc.name),
+                kind=acc.kind,
+                neurons_per_step=per(acc.numel, image_steps),
+                spikes=float(acc.spikes.item()) / images if acc.spikes is not None else 0.0,
+                firing_rate=float(acc.spikes.item()) / acc.numel if acc.numel else 0.0,
+            )
+            for acc in self._neurons.values()
+        ]
+        params, params_no_bn = official_param_count(self.model)
+        return EnergyReport(
+            model=model_name or self.model_name,
+            input_shape=list(self._input_shape),
+            event_input=self._event_input,
+            T=T,
+            images=images,
+            device=self._device,
+            e_mac_pj=self.e_mac_pj,
+            e_ac_pj=self.e_ac_pj,
+            layers=layers,
+            neurons=neurons,
+            bn_ops_per_image_per_step=per(self._bn_ops, image_steps),
+            params=params,
+            params_no_bn=params_no_bn,
+        )
+
+
+def _batch_tensor(batch: Batch) -> torch.Tensor:
+    """The input tensor of a batch: the tensor itself, the first item of a tuple/list, or ``batch['input']``."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("input", "image", "x"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+    raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}")
+
+
+def analyze(
+    model: nn.Module,
+    inputs: Union[torch.Tensor, Iterable[Batch]],
+    *,
+    e_mac_pj: float = E_MAC_PJ,
+    e_ac_pj: float = E_AC_PJ,
+    T: Optional[int] = None,
+    max_batches: Optional[int] = None,
+    model_name: Optional[str] = None,
+) -> EnergyReport:
+    """Run ``model`` in eval mode on ``inputs`` (a batch or an iterable of batches) and count its energy.
+
+    The model's training flags are restored afterwards; parameters and buffers are left untouched
+    (eval mode reads BatchNorm statistics and DSSA firing rates without updating them). Batches are
+    moved to the device of the model's first parameter.
+    """
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    batches: Iterable[Batch] = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+    flags = {m: m.training for m in model.modules()}
+    meter = EnergyMeter(model, T=T, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, model_name=model_name)
+    try:
+        model.eval()
+        with torch.no_grad(), meter:
+            for i, batch in enumerate(batches):
+                if max_batches is not None and i >= max_batches:
+                    break
+                model(_batch_tensor(batch).to(device, non_blocking=True))
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    return meter.report()
