@@ -1,6 +1,54 @@
-"""Data sets: images, event-camera recordings and offline data, built by name from recipes."""
+"""Data sets: images, event-camera recordings and offline data, built by name from recipes.
 
+``build_dataset(name, root, train, **options)`` builds any of: cifar10, cifar100, imagenet,
+cifar10dvs, dvs128gesture, digits, event-digits (see :mod:`.builders` for each one's options).
+"""
+
+from . import builders as _builders  # noqa: F401  (registers the data sets)
+from .aedat import Events, read_aedat2_raw, read_aedat31, read_cifar10dvs, write_aedat2, write_aedat31
+from .augment import DVSAugment
+from .cifar10dvs import CIFAR10DVS, CIFAR10DVS_CLASSES
 from .digits import Digits
+from .dvs128gesture import DVS128Gesture, GESTURE_CLASSES, INDEX_TO_GESTURE_ID, gesture_index, read_gesture_labels
+from .errors import DatasetNotFoundError, EventFileError
+from .event_digits import EventDigits, RandomShift
+from .framing import FrameCache, events_to_frames, frames_to_input, split_by_number_bounds
+from .images import CIFAR10, CIFAR100, build_image_transform, imagenet_folder
 from .registry import DatasetInfo, build_dataset, dataset_names, register_dataset
+from .saccades import SaccadeDVSConfig, images_to_events
 
-__all__ = ["DatasetInfo", "Digits", "build_dataset", "dataset_names", "register_dataset"]
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "CIFAR10DVS",
+    "CIFAR10DVS_CLASSES",
+    "DVS128Gesture",
+    "DVSAugment",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "Digits",
+    "EventDigits",
+    "EventFileError",
+    "Events",
+    "FrameCache",
+    "GESTURE_CLASSES",
+    "INDEX_TO_GESTURE_ID",
+    "RandomShift",
+    "SaccadeDVSConfig",
+    "build_dataset",
+    "build_image_transform",
+    "dataset_names",
+    "events_to_frames",
+    "frames_to_input",
+    "gesture_index",
+    "imagenet_folder",
+    "images_to_events",
+    "read_aedat2_raw",
+    "read_aedat31",
+    "read_cifar10dvs",
+    "read_gesture_labels",
+    "register_dataset",
+    "split_by_number_bounds",
+    "write_aedat2",
+    "write_aedat31",
+]

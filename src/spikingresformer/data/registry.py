@@ -19,6 +19,7 @@ class DatasetInfo:
     in_chans: int
     event: bool  # samples are [T, C, H, W] event frames rather than [C, H, W] images
     mixup_ok: bool = True  # whether the recipe's mixup/cutmix applies (image data only)
+    split: Optional[str] = None  # which train/test split the samples come from (recorded with results)
 
 
 Builder = Callable[..., Tuple[Dataset, DatasetInfo]]

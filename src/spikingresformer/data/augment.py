@@ -1,0 +1,78 @@
+"""DVS augmentation (SPEC section 8) on ``[T, C, H, W]`` frame tensors, the same for every frame.
+
+Horizontal flip with probability 0.5, then exactly one of (chosen uniformly):
+
+- roll: ``torch.roll`` by integer offsets drawn uniformly from ``[-int(H/3), int(H/3)]`` (rows) and
+  ``[-int(W/3), int(W/3)]`` (columns), wrapping around;
+- rotation: by an angle drawn uniformly from ``[-30, 30]`` degrees, nearest-neighbour, zero fill
+  (torchvision's ``RandomRotation`` defaults);
+- cutout: one square hole of side ``int(H/3)`` (``int(W/3)``) centred at a uniformly drawn pixel and
+  clipped at the border, set to zero.
+
+This mirrors the official code's ``DVSAugment`` (flip, then one of roll 1/3, rotate 30, cutout 1/3).
+Randomness comes from torch's generator, so DataLoader workers get different draws.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+__all__ = ["DVSAugment"]
+
+
+class DVSAugment:
+    """Flip p=0.5, then one of roll (1/3), rotation (30 degrees) or cutout (1/3) on [T, C, H, W]."""
+
+    def __init__(
+        self,
+        flip_p: float = 0.5,
+        roll: float = 1 / 3,
+        degrees: float = 30.0,
+        cutout: float = 1 / 3,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        self.flip_p = flip_p
+        self.roll = roll
+        self.degrees = degrees
+        self.cutout = cutout
+        self.generator = generator
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def _randint(self, low: int, high_inclusive: int) -> int:
+        return int(torch.randint(low, high_inclusive + 1, (), generator=self.generator))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment one sample ``[T, C, H, W]`` (all frames transformed identically)."""
+        if x.dim() != 4:
+            raise ValueError(f"DVSAugment expects [T, C, H, W], got shape {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if self._rand() < self.flip_p:
+            x = torch.flip(x, dims=(-1,))
+        op = self._randint(0, 2)
+        if op == 0:
+            ly, lx = int(H * self.roll), int(W * self.roll)
+            dy, dx = self._randint(-ly, ly), self._randint(-lx, lx)
+            x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        elif op == 1:
+            angle = (2 * self._rand() - 1) * self.degrees
+            x = TF.rotate(x, angle, interpolation=InterpolationMode.NEAREST, fill=0.0)
+        else:
+            lh, lw = int(H * self.cutout), int(W * self.cutout)
+            cy, cx = self._randint(0, H - 1), self._randint(0, W - 1)
+            y1, y2 = max(cy - lh // 2, 0), min(cy + lh // 2, H)
+            x1, x2 = max(cx - lw // 2, 0), min(cx + lw // 2, W)
+            x = x.clone()
+            x[..., y1:y2, x1:x2] = 0
+        return x
+
+    def __repr__(self) -> str:
+        return (
+            f"DVSAugment(flip_p={self.flip_p}, roll={self.roll:.3g}, degrees={self.degrees}, "
+            f"cutout={self.cutout:.3g})"
+        )

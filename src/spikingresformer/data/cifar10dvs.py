@@ -1,0 +1,182 @@
+"""CIFAR10-DVS (Li et al. 2017): 10 x 1,000 jAER AEDAT 2.0 recordings of CIFAR-10 images, 128x128.
+
+``root`` is the folder that holds the ten class folders as the published archives extract::
+
+    root/airplane/cifar10_airplane_0.aedat ... cifar10_airplane_999.aedat
+    root/automobile/...
+    ...
+    root/truck/...
+
+Labels follow CIFAR-10's alphabetical class order (airplane=0 ... truck=9). The data set has no
+official split; three are provided and the one used is recorded in ``split`` (and ``split_name``):
+
+- ``"official"``: the official code's split. Per class, file names are sorted as strings and the
+  first 90 % (``n * 9 // 10``; 900 of 1,000) train, the rest test -- with 1,000 files the test ids
+  are 909 and 91-99, 910-999 in string order (``..._909``, ``..._91``, ``..._910``, ... ``..._999``).
+- ``"first100"``: ids 0-99 of each class (the number at the end of the file name) are the test
+  set, everything else trains (used by several other papers).
+- ``"random:<seed>"``: per class, a ``numpy.random.default_rng(seed)`` permutation of the string-sorted
+  files; the first ``n * 9 // 10`` train, the rest test (same sizes as ``"official"``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import aedat
+from .errors import DatasetNotFoundError
+from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input, source_stamp
+
+__all__ = ["CIFAR10DVS", "CIFAR10DVS_CLASSES", "CIFAR10DVS_URL", "parse_split"]
+
+CIFAR10DVS_CLASSES: Tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+CIFAR10DVS_URL = "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 (Li et al., Front. Neurosci. 2017)"
+CIFAR10DVS_LAYOUT = """\
+<root>/airplane/cifar10_airplane_0.aedat ... cifar10_airplane_999.aedat
+<root>/automobile/cifar10_automobile_0.aedat ...
+... one folder per class: airplane automobile bird cat deer dog frog horse ship truck
+(jAER AEDAT 2.0 files; the published per-class zip archives extract to these folders)"""
+_ID_RE = re.compile(r"(\d+)\.aedat$")
+SENSOR = 128
+
+
+def parse_split(split: str) -> Tuple[str, Optional[int]]:
+    """Validate a CIFAR10-DVS split name: ``('official'|'first100', None)`` or ``('random', seed)``."""
+    if split in ("official", "first100"):
+        return split, None
+    if split.startswith("random:"):
+        try:
+            return "random", int(split.split(":", 1)[1])
+        except ValueError:
+            pass
+    raise ValueError(f"unknown CIFAR10-DVS split {split!r}; expected 'official', 'first100' or 'random:<seed>'")
+
+
+def _file_id(name: str) -> int:
+    m = _ID_RE.search(name)
+    if m is None:
+        raise ValueError(f"cannot read the sample id from file name {name!r} (expected ..._<id>.aedat)")
+    return int(m.group(1))
+
+
+def split_files(files: List[str], split: str, train: bool) -> List[str]:
+    """The members of one class's split; ``files`` are that class's file names."""
+    kind, seed = parse_split(split)
+    ordered = sorted(files)  # string order, as the official code
+    n_train = len(ordered) * 9 // 10
+    if kind == "official":
+        return ordered[:n_train] if train else ordered[n_train:]
+    if kind == "first100":
+        return [f for f in ordered if (_file_id(f) >= 100) == train]
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    chosen = perm[:n_train] if train else perm[n_train:]
+    return [ordered[i] for i in sorted(chosen)]
+
+
+class CIFAR10DVS(Dataset):
+    """CIFAR10-DVS as ``(frames float32 [T, 3, H, W], label)``; frames cached on disk per T.
+
+    Args:
+        root: folder with the ten class folders.
+        train: training part (True) or test part (False) of ``split``.
+        T: number of frames (split by number).
+        split: ``"official"``, ``"first100"`` or ``"random:<seed>"`` (see the module docstring).
+        size: output side (int or (h, w)); ``None`` keeps 128x128.
+        transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.DVSAugment`).
+        cache_dir: where the frame cache lives (default ``~/.cache/spikingresformer``).
+    """
+
+    classes = CIFAR10DVS_CLASSES
+    num_classes = 10
+    in_chans = 3
+
+    def __init__(
+        self,
+        root: Union[str, os.PathLike],
+        train: bool,
+        T: int,
+        split: str = "official",
+        size: SizeLike = None,
+        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        parse_split(split)
+        if T < 1:
+            raise ValueError(f"T must be at least 1, got {T}")
+        if root is None:
+            raise DatasetNotFoundError("CIFAR10-DVS", root, "no data root given", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL)
+        self.root = Path(root)
+        self.train = train
+        self.T = T
+        self.split = split
+        self.split_name = f"cifar10dvs:{split}"
+        self.size = size
+        self.transform = transform
+        self.samples: List[Tuple[str, int]] = []  # (relative path, label)
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(
+                "CIFAR10-DVS", root, f"data folder {str(self.root)!r} does not exist", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL
+            )
+        missing = [c for c in self.classes if not (self.root / c).is_dir()]
+        if missing:
+            raise DatasetNotFoundError(
+                "CIFAR10-DVS", root, f"class folder(s) missing: {', '.join(missing)}", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL
+            )
+        for label, cls in enumerate(self.classes):
+            files = [f for f in os.listdir(self.root / cls) if f.endswith(".aedat")]
+            if not files:
+                raise DatasetNotFoundError(
+                    "CIFAR10-DVS", root, f"class folder {cls!r} holds no .aedat files", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL
+                )
+            self.samples.extend((f"{cls}/{f}", label) for f in split_files(files, split, train))
+        if not self.samples:
+            raise ValueError(
+                f"CIFAR10-DVS split {split!r} leaves no samples for the {'training' if train else 'test'} part "
+                f"of {str(self.root)!r}"
+            )
+        self.targets = [label for _, label in self.samples]
+        self.cache = FrameCache("cifar10dvs", self.root, T, cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def path(self, i: int) -> Path:
+        """Source file of sample ``i``."""
+        return self.root / self.samples[i][0]
+
+    def events(self, i: int) -> aedat.Events:
+        """Decoded events of sample ``i`` (x, y, p in spikingjelly's convention)."""
+        return aedat.read_cifar10dvs(self.path(i))
+
+    def frames(self, i: int) -> np.ndarray:
+        """``[T, 2, 128, 128]`` per-polarity counts of sample ``i`` (from the cache when possible)."""
+        rel = self.samples[i][0]
+        key = rel[: -len(".aedat")]
+        stamp = source_stamp(self.path(i))
+        frames = self.cache.load(key, stamp)
+        if frames is None:
+            frames = events_to_frames(self.events(i), self.T, SENSOR, SENSOR)
+            self.cache.store(key, stamp, frames)
+        return frames
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        x = frames_to_input(self.frames(i), self.size)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.samples[i][1]
+
+    def extra_repr(self) -> str:
+        """One line describing the split and sizes."""
+        return f"split={self.split!r}, train={self.train}, T={self.T}, size={self.size}, samples={len(self)}"
+
+    def __repr__(self) -> str:
+        return f"CIFAR10DVS({self.extra_repr()})"

@@ -1,0 +1,180 @@
+"""Image data sets: CIFAR10/100 (torchvision's on-disk format) and ImageNet (folders), with timm transforms.
+
+Nothing is downloaded. A missing or incomplete folder raises
+:class:`~spikingresformer.data.errors.DatasetNotFoundError` (a ``FileNotFoundError``) whose message
+shows the expected layout and where the data set is published.
+
+Transforms come from ``timm.data.create_transform``: training (``augment=True``) uses timm's
+RandomResizedCrop + flip + RandAugment string ``aa`` + random erasing ``reprob``; evaluation resizes
+to ``img_size / crop_pct`` and centre-crops ``img_size``. Mixup/cutmix is applied on whole batches by
+the training loop (timm's ``Mixup``), not here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import datasets
+
+from .errors import DatasetNotFoundError
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "build_image_transform",
+    "imagenet_folder",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+]
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version' archives)"
+IMAGENET_URL = "https://image-net.org/download.php (ILSVRC2012 train and validation images)"
+IMAGENET_LAYOUT = """\
+<root>/train/n01440764/*.JPEG   (one folder per class, WordNet ids)
+<root>/train/...
+<root>/val/n01440764/*.JPEG     (the validation images sorted into the same class folders,
+<root>/val/...                   e.g. with the widely used valprep.sh)"""
+
+
+def build_image_transform(
+    img_size: int,
+    is_training: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    aa: Optional[str] = None,
+    interpolation: str = "bicubic",
+    crop_pct: Optional[float] = None,
+    reprob: float = 0.0,
+    **extra: Any,
+) -> Callable:
+    """timm's transform for training (RandAugment ``aa``, random erasing ``reprob``) or evaluation."""
+    return create_transform(
+        input_size=img_size,
+        is_training=is_training,
+        auto_augment=aa if is_training else None,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+        crop_pct=crop_pct,
+        re_prob=reprob if is_training else 0.0,
+        **extra,
+    )
+
+
+def _cifar_layout(base_folder: str, files: Sequence[str]) -> str:
+    return f"<root>/{base_folder}/\n" + "".join(f"<root>/{base_folder}/{f}\n" for f in files) + (
+        "(the extracted python-version archive; <root> may also be that folder itself)"
+    )
+
+
+class _CifarOnDisk:
+    """Mixin: find torchvision's CIFAR folder, check its files exist (no md5, so small copies work)."""
+
+    base_folder: str
+    train_list: list
+    test_list: list
+    meta: dict
+    root: str
+
+    @classmethod
+    def _resolve_root(cls, root: Union[str, os.PathLike, None], name: str) -> str:
+        files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        layout = _cifar_layout(cls.base_folder, files)
+        if root is None:
+            raise DatasetNotFoundError(name, root, "no data root given", layout, CIFAR_URL)
+        root = os.fspath(root)
+        if os.path.basename(os.path.normpath(root)) == cls.base_folder:
+            root = os.path.dirname(os.path.normpath(root))
+        folder = os.path.join(root, cls.base_folder)
+        if not os.path.isdir(folder):
+            raise DatasetNotFoundError(name, root, f"folder {folder!r} does not exist", layout, CIFAR_URL)
+        missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+        if missing:
+            raise DatasetNotFoundError(
+                name, root, f"folder {folder!r} is incomplete, missing: {', '.join(missing)}", layout, CIFAR_URL
+            )
+        return root
+
+    def _check_integrity(self) -> bool:  # torchvision hook: existence only (md5 needs the real files)
+        return all(
+            os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f, _ in self.train_list + self.test_list
+        )
+
+    def _load_meta(self) -> None:  # torchvision hook, without its md5 check
+        import pickle
+
+        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+        self.classes = data[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class CIFAR10(_CifarOnDisk, datasets.CIFAR10):
+    """torchvision's CIFAR10 read from ``root`` (never downloaded; file presence checked, not md5)."""
+
+    def __init__(self, root: Union[str, os.PathLike], train: bool = True, transform: Optional[Callable] = None) -> None:
+        root = self._resolve_root(root, "CIFAR10")
+        super().__init__(root, train=train, transform=transform, download=False)
+
+
+class CIFAR100(_CifarOnDisk, datasets.CIFAR100):
+    """torchvision's CIFAR100 read from ``root`` (never downloaded; file presence checked, not md5)."""
+
+    def __init__(self, root: Union[str, os.PathLike], train: bool = True, transform: Optional[Callable] = None) -> None:
+        root = self._resolve_root(root, "CIFAR100")
+        super().__init__(root, train=train, transform=transform, download=False)
+
+
+def imagenet_folder(
+    root: Union[str, os.PathLike, None], train: bool, transform: Optional[Callable] = None
+) -> datasets.ImageFolder:
+    """ImageNet's ``train`` or ``val`` folder as a torchvision ImageFolder, after checking the layout."""
+    if root is None:
+        raise DatasetNotFoundError("ImageNet", root, "no data root given", IMAGENET_LAYOUT, IMAGENET_URL)
+    base = Path(root)
+    for part in ("train", "val"):
+        if not (base / part).is_dir():
+            raise DatasetNotFoundError(
+                "ImageNet", root, f"folder {str(base / part)!r} does not exist", IMAGENET_LAYOUT, IMAGENET_URL
+            )
+    part_dir = base / ("train" if train else "val")
+    classes = sorted(d.name for d in part_dir.iterdir() if d.is_dir())
+    if not classes:
+        loose = [f.name for f in part_dir.iterdir() if f.is_file()][:3]
+        hint = (
+            f" (it holds loose files such as {loose}: the validation images must be sorted into class folders)"
+            if loose
+            else ""
+        )
+        raise DatasetNotFoundError(
+            "ImageNet", root, f"folder {str(part_dir)!r} has no class folders{hint}", IMAGENET_LAYOUT, IMAGENET_URL
+        )
+    if not train:
+        train_classes = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
+        if train_classes != classes:
+            extra = sorted(set(classes) ^ set(train_classes))[:5]
+            raise DatasetNotFoundError(
+                "ImageNet", root,
+                f"train/ and val/ hold different class folders ({len(train_classes)} vs {len(classes)}; "
+                f"e.g. {extra}), so label indices would not agree",
+                IMAGENET_LAYOUT, IMAGENET_URL,
+            )
+    try:
+        return datasets.ImageFolder(str(part_dir), transform=transform)
+    except FileNotFoundError as e:  # a class folder without images
+        raise DatasetNotFoundError("ImageNet", root, f"incomplete: {e}", IMAGENET_LAYOUT, IMAGENET_URL) from None
+
+
+def imagenet_mean_std() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """timm's ImageNet mean and std."""
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
