@@ -83,7 +83,7 @@ def test_records_shape(official):
 
 def test_analysis_leaves_model_unchanged(official):
     fx, model, _ = official
-    x = fx["test_input"][:2]
+    x = fx["test_input"][:1]
     model.eval()
     with torch.no_grad():
         before = model(x)
@@ -103,42 +103,49 @@ def test_analysis_leaves_model_unchanged(official):
 
 def test_batches_and_meter_agree(official):
     fx, model, report = official
+    if fx["event_input"]:
+        pytest.skip("checked once, on the image fixture")
     x = fx["test_input"]
-    split = analyze(model, [x[:1], (x[1:], None)])
+    split = analyze(model, [x[:2], (x[2:], None)])
     assert split.images == report.images
     for a, b in zip(split.layers, report.layers):
         assert a.name == b.name and math.isclose(a.sops, b.sops, rel_tol=1e-12)
-    model.eval()
-    with torch.no_grad(), EnergyMeter(model) as meter:
-        model(x)
-    assert math.isclose(meter.report().sops_per_image, report.sops_per_image, rel_tol=1e-12)
+    assert split.official_macs_per_image_per_step == report.official_macs_per_image_per_step
 
 
-def test_stem_counts_once_per_image_per_step():
+def test_stem_counts_once_per_image_per_step(official):
     """The image stem runs once on [B, C, H, W]; its counts are per image per step (x T for SOPs)."""
+    fx, model, _ = official
+    if fx["event_input"]:
+        pytest.skip("image stem")
     torch.manual_seed(0)
-    model = spikingresformer.create_model("spikingresformer_cifar", T=3, img_size=16)
-    x = torch.randn(2, 3, 16, 16)
-    r = analyze(model, x)
+    x = torch.randn(2, 3, 8, 8)
+    r = analyze(model, x)  # the fixture model runs T=4 steps
     stem = r.layers[0]
     assert stem.name == "prologue.0" and not stem.spike_input and not stem.after_neuron
-    assert stem.macs_per_step == 64 * 3 * 9 * 16 * 16
+    assert stem.macs_per_step == 64 * 3 * 9 * 8 * 8
     # non-zero real input: every tap that lands inside the image, T times
-    inside = sum(min(i + 1, 15) - max(i - 1, 0) + 1 for i in range(16)) ** 2
-    assert stem.sops == pytest.approx(3 * 64 * 3 * inside)
-    # the same images as T identical event frames give the same figures
-    r5 = analyze(model, x.unsqueeze(1).expand(2, 3, 3, 16, 16))
+    inside = sum(min(i + 1, 7) - max(i - 1, 0) + 1 for i in range(8)) ** 2
+    assert stem.sops == pytest.approx(4 * 64 * 3 * inside)
+    # the same images as T identical event frames give the same figures (counted by a meter)
+    model.eval()
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(x.unsqueeze(1).expand(2, 4, 3, 8, 8).contiguous())
+    r5 = meter.report()
     assert r5.event_input and r5.layers[0].macs_per_step == stem.macs_per_step
     assert r5.layers[0].sops == pytest.approx(stem.sops)
     assert r5.official_macs_per_image_per_step == r.official_macs_per_image_per_step
+    assert r5.sops_per_image == pytest.approx(r.sops_per_image)
 
 
-def test_binary_event_input_is_not_spikes():
+def test_binary_event_input_is_not_spikes(official):
     """Event frames of 0/1 pass the value test but follow no neuron: the stem stays a real-input layer."""
+    fx, model, _ = official
+    if not fx["event_input"]:
+        pytest.skip("event stem")
     torch.manual_seed(0)
-    model = spikingresformer.create_model("spikingresformer_dvsg", T=2, img_size=16)
-    x = (torch.rand(1, 2, 3, 16, 16) < 0.3).float()
-    r = analyze(model, x, T=None)
+    x = (torch.rand(1, 2, 3, 8, 8) < 0.3).float()
+    r = analyze(model, x)
     stem = r.layers[0]
     assert stem.binary_input and not stem.after_neuron and not stem.spike_input
     assert r.T == 2 and r.device == "cpu"  # a CUDA-free run
@@ -173,7 +180,7 @@ def test_energy_conventions_arithmetic():
 def test_cli_writes_json_csv_png(tmp_path, capsys):
     out = tmp_path / "energy"
     rc = energy_cli.main(
-        ["--model", "spikingresformer_cifar", "--img-size", "16", "--T", "1", "--batch-size", "2",
+        ["--model", "spikingresformer_cifar", "--img-size", "8", "--T", "2", "--batch-size", "2",
          "--device", "cpu", "--calibrate-bn", "--output", str(out)]
     )
     assert rc == 0

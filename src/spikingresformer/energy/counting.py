@@ -239,7 +239,7 @@ class EnergyMeter:
                 if acc is None:
                     acc = self._neurons[name] = _NeuronAcc(name, getattr(module, "kind", "") or type(module).__name__)
                 acc.calls += 1
-                acc.add(out.detach().sum(dtype=torch.float64), out.numel())
+                acc.add(torch.count_nonzero(out.detach()).double(), out.numel())  # outputs are 0/1 spikes
                 root = _root(out)
                 self._spike_roots[id(root)] = weakref.ref(root)
 
@@ -261,12 +261,17 @@ class EnergyMeter:
 
         return hook
 
-    def _add_input(self, acc: _LayerAcc, x: torch.Tensor, sops_one_pass: torch.Tensor, repeat: int) -> None:
+    @staticmethod
+    def _stats(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(non-zero entries as float64, whether every value is 0 or 1)`` of ``x``."""
+        x = x.detach()
+        nonzero = torch.count_nonzero(x)
+        return nonzero.double(), torch.count_nonzero(x.eq(1)) == nonzero
+
+    def _add_input(self, acc: _LayerAcc, x: torch.Tensor, sops_one_pass: torch.Tensor, repeat: int,
+                   nonzero: torch.Tensor, binary: torch.Tensor) -> None:
         """Fold one call's spike-operand statistics into ``acc``."""
         acc.after_neuron = acc.after_neuron and self._is_spike_source(x)
-        x = x.detach()
-        binary = ((x == 0) | (x == 1)).all()
-        nonzero = x.ne(0).sum(dtype=torch.float64)
         acc.input_shape = tuple(int(s) for s in x.shape)
         acc.add(sops_one_pass * repeat, nonzero * repeat, x.numel() * repeat, binary)
 
@@ -282,7 +287,14 @@ class EnergyMeter:
         kh, kw = m.kernel_size
         acc.dense_macs += out.numel() * (m.in_channels // m.groups) * kh * kw * repeat
         # sum(conv2d(s, ones_like(W))) = (out_channels / groups) * sum(conv2d(sum_c s, ones(1, 1, kh, kw)))
-        counts = x4.detach().ne(0).sum(dim=1, keepdim=True, dtype=torch.float64)
+        # non-zero inputs per position (exact in float32: at most in_channels), then float64
+        nonzero, binary = self._stats(x4)
+        xd = x4.detach()
+        if bool(binary) and xd.dtype == torch.float32:
+            counts = xd.sum(dim=1, keepdim=True)
+        else:
+            counts = xd.ne(0).sum(dim=1, keepdim=True, dtype=torch.float32)
+        counts = counts.double()
         padding: Any = m.padding
         if m.padding_mode != "zeros":
             counts = F.pad(counts, m._reversed_padding_repeated_twice, mode=m.padding_mode)
@@ -290,15 +302,15 @@ class EnergyMeter:
         ones = torch.ones(1, 1, kh, kw, dtype=torch.float64, device=counts.device)
         reached = F.conv2d(counts, ones, stride=m.stride, padding=padding, dilation=m.dilation)
         sops = reached.sum() * (m.out_channels // m.groups)
-        self._add_input(acc, x, sops, repeat)
+        self._add_input(acc, x, sops, repeat, nonzero, binary)
 
     def _count_linear(self, acc: _LayerAcc, m: nn.Linear, args: Tuple[Any, ...], out: torch.Tensor) -> None:
         x = args[0]
         samples = math.prod(int(s) for s in x.shape[:-1])
         repeat = self._repeat(samples, acc.name)
         acc.dense_macs += out.numel() * m.in_features * repeat
-        sops = x.detach().ne(0).sum(dtype=torch.float64) * m.out_features
-        self._add_input(acc, x, sops, repeat)
+        nonzero, binary = self._stats(x)
+        self._add_input(acc, x, nonzero * m.out_features, repeat, nonzero, binary)
 
     def _count_matmul(self, acc: _LayerAcc, m: SpikingMatmul, args: Tuple[Any, ...], out: torch.Tensor) -> None:
         left, right = args[0], args[1]
@@ -315,8 +327,8 @@ class EnergyMeter:
         else:
             spikes = left
             factor = int(right.shape[-1]) * batch_numel // math.prod(int(s) for s in left.shape[:-2])
-        sops = spikes.detach().ne(0).sum(dtype=torch.float64) * factor
-        self._add_input(acc, spikes, sops, repeat)
+        nonzero, binary = self._stats(spikes)
+        self._add_input(acc, spikes, nonzero * factor, repeat, nonzero, binary)
 
     # -- results -----------------------------------------------------------------------------------
 

@@ -20,13 +20,21 @@ def _pyplot():
 
 
 def stage_colours(stages: List[str]) -> Dict[str, str]:
-    """A fixed colour per stage name (tab10 order: prologue, stage1, stage2, ...)."""
-    palette = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-    order: List[str] = []
+    """A fixed colour per stage name: prologue grey, stage1/2/3.. blue/orange/green.., head cyan."""
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+    colours: Dict[str, str] = {}
     for s in stages:
-        if s not in order:
-            order.append(s)
-    return {s: ("#17becf" if s == "head" else palette[i % len(palette)]) for i, s in enumerate(order)}
+        if s in colours:
+            continue
+        if s == "prologue":
+            colours[s] = "#7f7f7f"
+        elif s == "head":
+            colours[s] = "#17becf"
+        elif s.startswith("stage") and s[5:].isdigit():
+            colours[s] = palette[(int(s[5:]) - 1) % len(palette)]
+        else:
+            colours[s] = palette[len(colours) % len(palette)]
+    return colours
 
 
 def _legend(ax, colours: Dict[str, str], present: List[str]) -> None:
@@ -78,6 +86,15 @@ def plot_sops_per_layer(report: EnergyReport, path: Union[str, Path]) -> Path:
             ax.bar(i, x.sops / 1e6, color=c)
         else:
             ax.bar(i, x.sops / 1e6, facecolor="none", edgecolor=c, hatch="//")
+    # The scale follows the spike-input layers; a taller real-input bar is clipped and labelled.
+    spike_max = max((x.sops for x in recs if x.spike_input), default=0.0) / 1e6
+    if spike_max > 0:
+        top = spike_max * 1.15
+        ax.set_ylim(0, top)
+        for i, x in enumerate(recs):
+            if not x.spike_input and x.sops / 1e6 > top:
+                ax.text(i, top * 0.98, f" {x.sops / 1e6:.1f} M (real input, clipped)", rotation=90,
+                        ha="center", va="top", fontsize=7)
     ax.set_xticks(range(len(recs)))
     ax.set_xticklabels([x.name for x in recs], rotation=90, fontsize=6)
     ax.set_xlim(-0.7, len(recs) - 0.3)
