@@ -10,7 +10,8 @@ import torch
 
 FIXTURES = Path(os.environ.get("SPIKINGRESFORMER_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def load_fixture(name: str) -> dict:

@@ -254,6 +254,7 @@ class SpikingResformer(nn.Module):
         self.num_features = self.head_hidden_size = planes[-1]
         self.neuron = neuron
         self.grad_checkpointing = False
+        self.return_steps = False
         self.stem_stride = 4 if prologue == "imagenet" else 1
 
         if prologue == "imagenet":
@@ -405,7 +406,9 @@ class SpikingResformer(nn.Module):
         return self._head_steps(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_steps(x).mean(0)
+        steps = self.forward_steps(x)
+        # ``return_steps`` lets wrappers that only hook ``forward`` (DDP) obtain per-step logits.
+        return steps if self.return_steps else steps.mean(0)
 
     def forward_intermediates(
         self,

@@ -1,0 +1,168 @@
+"""Distributed training under ``torchrun``: process groups, samplers, reductions, synchronised BN.
+
+``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; without them everything runs as one
+process. NCCL is used on CUDA and Gloo on CPU.
+
+How DSSA firing-rate buffers stay consistent: each DSSA averages its batch firing rate over all
+ranks (an all-reduce of a few numbers) before the moving average, so every rank holds identical
+buffers and uses the scales a single process with the global batch would use. BatchNorm running
+statistics are kept consistent by DDP's buffer broadcast from rank 0, or are computed over the
+global batch with ``sync_bn``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "cleanup_distributed",
+    "all_reduce_sum",
+    "ShardedEvalSampler",
+    "DistributedBatchNorm2d",
+    "convert_sync_batchnorm",
+    "unwrap",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, local rank, world size and device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group that ``torchrun`` describes (if any) and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA device")
+        dev = torch.device("cuda", local_rank if world_size > 1 else (torch.device(device).index or 0))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks (identity without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+class ShardedEvalSampler(Sampler[int]):
+    """Evaluation sampler that gives every sample to exactly one rank (no padding, no duplicates).
+
+    Rank ``r`` takes indices ``r, r + W, r + 2W, ...``; counts reduced over ranks are exact.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return max(0, math.ceil((self.length - self.rank) / self.world_size))
+
+
+class DistributedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span every rank; works on CPU (Gloo) and CUDA.
+
+    PyTorch's ``SyncBatchNorm`` only runs on accelerators, so CPU runs use this: the per-channel sum
+    and sum of squared deviations are all-reduced with autograd-aware collectives, and running
+    statistics are updated with the unbiased global variance, as a single process would.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        xf = x.float()
+        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
+        count = all_reduce(count)
+        mean = all_reduce(xf.sum(dims)) / count
+        centred = xf - mean[None, :, None, None]
+        var = all_reduce(centred.square().sum(dims)) / count
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                n = count.item()
+                m = self.momentum if self.momentum is not None else 0.0
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked.add_(1)
+                    if self.momentum is None:
+                        m = 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)) * m)
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every BatchNorm2d by a synchronised one: PyTorch's on CUDA, ours elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def convert(module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.BatchNorm2d) and not isinstance(module, DistributedBatchNorm2d):
+            new = DistributedBatchNorm2d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
+            new.load_state_dict(module.state_dict())
+            new.train(module.training)
+            return new
+        for name, child in module.named_children():
+            setattr(module, name, convert(child))
+        return module
+
+    return convert(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module  # type: ignore[assignment]
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model

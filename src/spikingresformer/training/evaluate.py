@@ -1,0 +1,61 @@
+"""The ``evaluate`` command: accuracy, loss, speed and energy of a model on a data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from torch.utils.data import DataLoader
+
+from .. import load_checkpoint
+from .distributed import ShardedEvalSampler, cleanup_distributed, init_distributed
+from .engine import evaluate
+from .recipe import Recipe
+from .train import Logger, _energy_summary, build_data, build_model, resolve_amp_dtype
+
+__all__ = ["run_evaluation"]
+
+
+def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate ``recipe.model`` with weights from ``checkpoint`` on the recipe's evaluation data.
+
+    Prints top-1/top-5, loss, images per second and parameter count; writes them as JSON to
+    ``output_json`` (default ``<output>/eval.json``). Works under ``torchrun`` too (each sample is
+    counted exactly once).
+    """
+    dist = init_distributed(recipe.device)
+    try:
+        output = Path(recipe.output or f"runs/{recipe.model}-{recipe.dataset}")
+        if dist.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+        log = Logger(dist, None)
+        eval_ds, info = build_data(recipe, train=False)
+        model = build_model(recipe, info)
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
+            log(f"loaded weights from {checkpoint}")
+        model.to(dist.device)
+        loader = DataLoader(
+            eval_ds, batch_size=recipe.eval_batch_size or recipe.batch_size,
+            sampler=ShardedEvalSampler(len(eval_ds), dist.rank, dist.world_size),  # type: ignore[arg-type]
+            num_workers=recipe.workers, pin_memory=dist.device.type == "cuda",
+        )
+        amp_dtype = resolve_amp_dtype(recipe, dist.device)
+        metrics = evaluate(model, loader, len(loader), dist, amp=recipe.amp, amp_dtype=amp_dtype,
+                           progress=recipe.progress)
+        metrics.update(model=recipe.model, dataset=recipe.dataset, checkpoint=checkpoint,
+                       params=sum(p.numel() for p in model.parameters()), T=recipe.T, img_size=recipe.img_size)
+        log(f"{recipe.model} on {recipe.dataset} ({metrics['eval_samples']} samples): top-1 {metrics['top1']:.2f}% "
+            f"top-5 {metrics['top5']:.2f}% loss {metrics['eval_loss']:.4f} "
+            f"{metrics['eval_images_per_s']:.1f} img/s, {metrics['params'] / 1e6:.3f} M parameters")
+        if dist.is_main:
+            path = Path(output_json) if output_json else output / "eval.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics, indent=1))
+            log(f"metrics written to {path}")
+            if recipe.energy:
+                _energy_summary(model, eval_ds, dist, output, log)
+        return metrics
+    finally:
+        cleanup_distributed()

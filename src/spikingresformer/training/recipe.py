@@ -1,0 +1,248 @@
+"""Training recipes: every key, its default and its meaning, read from YAML and overridden by flags.
+
+A recipe is a flat YAML mapping. :class:`Recipe` lists every key that a recipe may hold; an unknown
+key is an error (a typo must not silently fall back to a default). Command-line flags
+``--key value`` override the file, and the merged recipe is written next to the run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_help", "parse_overrides"]
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is not valid."""
+
+
+def _k(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Recipe:
+    """All settings of a training or evaluation run (SPEC section 7 gives the official values)."""
+
+    # model
+    model: str = _k("spikingresformer_cifar", "registered variant name (see `spikingresformer.list_models()`)")
+    model_args: Dict[str, Any] = _k({}, "extra constructor arguments, e.g. {planes: [32, 64, 128]}")
+    num_classes: Optional[int] = _k(None, "classifier outputs; null = the data set's class count")
+    T: int = _k(4, "simulation steps (event data: frames per sample)")
+    img_size: int = _k(32, "input side in pixels after transforms")
+    neuron_backend: Optional[str] = _k(None, "force a neuron backend (null = automatic)")
+    transfer: Optional[str] = _k(None, "checkpoint to start from, loading every weight but the classifier")
+    # data
+    dataset: str = _k("cifar10", "cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | digits | event-digits")
+    data_root: Optional[str] = _k(None, "data set folder (not needed for digits / event-digits)")
+    cifar10dvs_split: str = _k("official", "CIFAR10-DVS split: official | first100 | random:<seed>")
+    cache_dir: Optional[str] = _k(None, "where event frames are cached (null = next to the data)")
+    workers: int = _k(4, "data-loading worker processes per training process")
+    augment: bool = _k(True, "training-time augmentation on/off")
+    aa: Optional[str] = _k(None, "timm RandAugment string, e.g. rand-m9-n1-mstd0.4-inc1")
+    reprob: float = _k(0.0, "random-erasing probability")
+    interpolation: str = _k("bicubic", "resize interpolation of image data")
+    crop_pct: Optional[float] = _k(None, "evaluation centre-crop fraction (null = the data set's default)")
+    mean: Optional[List[float]] = _k(None, "normalisation mean (null = the data set's default)")
+    std: Optional[List[float]] = _k(None, "normalisation std (null = the data set's default)")
+    dvs_augment: bool = _k(False, "event-data augmentation: flip, then roll, rotation or cutout")
+    train_limit: Optional[int] = _k(None, "use only the first N training samples (quick runs)")
+    eval_limit: Optional[int] = _k(None, "use only the first N evaluation samples (quick runs)")
+    # optimisation
+    epochs: int = _k(600, "training epochs")
+    batch_size: int = _k(128, "samples per process and step (global batch = batch_size x processes)")
+    global_batch_size: Optional[int] = _k(
+        None, "if set, batch_size = global_batch_size / processes (must divide evenly)"
+    )
+    eval_batch_size: Optional[int] = _k(None, "evaluation batch per process (null = batch_size)")
+    opt: str = _k("adamw", "timm optimizer name")
+    lr: float = _k(5e-4, "peak learning rate")
+    weight_decay: float = _k(0.01, "weight decay (not applied to 1-D parameters and PLIF w)")
+    opt_eps: float = _k(1e-8, "optimizer epsilon")
+    sched: str = _k("cosine", "timm scheduler name, stepped once per epoch")
+    min_lr: float = _k(1e-5, "learning-rate floor of the schedule")
+    warmup_epochs: int = _k(3, "linear warm-up epochs")
+    warmup_lr: float = _k(1e-5, "learning rate at the start of warm-up")
+    cooldown_epochs: int = _k(
+        0, "epochs at min_lr after the cosine; the official runs ask for 10 but stop before they start"
+    )
+    label_smoothing: float = _k(0.1, "label smoothing")
+    mixup: float = _k(0.0, "mixup alpha (0 = off)")
+    cutmix: float = _k(0.0, "cutmix alpha (0 = off)")
+    mixup_prob: float = _k(1.0, "probability of applying mixup or cutmix to a batch")
+    mixup_switch_prob: float = _k(0.5, "probability of cutmix instead of mixup when both are on")
+    tet: bool = _k(False, "TET loss: mean over steps of the per-step loss plus tet_lambda x MSE(out, tet_phi)")
+    tet_lambda: float = _k(0.0, "weight of the TET regulariser")
+    tet_phi: float = _k(1.0, "target of the TET regulariser")
+    clip_grad: Optional[float] = _k(None, "clip the global gradient norm to this value (null = off)")
+    # precision and speed
+    amp: bool = _k(True, "mixed precision (bfloat16 autocast on CPU; float16/bfloat16 on CUDA)")
+    amp_dtype: str = _k("auto", "auto | bfloat16 | float16 (auto: bfloat16 on CPU and on CUDA where supported)")
+    grad_checkpointing: bool = _k(False, "recompute each block in backward (less memory)")
+    compile: bool = _k(False, "torch.compile the model")
+    channels_last: bool = _k(False, "channels-last memory format for convolutions")
+    # run
+    device: str = _k("auto", "auto | cpu | cuda")
+    seed: int = _k(12450, "random seed")
+    sync_bn: bool = _k(False, "synchronise BatchNorm statistics across processes")
+    output: Optional[str] = _k(None, "output folder (null = runs/<model>-<dataset>)")
+    resume: Optional[str] = _k(None, "checkpoint to resume from, or 'auto' for <output>/last.pth")
+    eval_interval: int = _k(1, "evaluate every N epochs (and always after the last)")
+    log_interval: int = _k(50, "steps between log lines")
+    progress: bool = _k(True, "show progress bars")
+    energy: bool = _k(True, "report energy and firing rates on evaluation data at the end")
+    save_last: bool = _k(True, "write last.pth after every epoch (needed for --resume)")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict of every key (what is saved next to the outputs)."""
+        return dataclasses.asdict(self)
+
+
+_HINTS = get_type_hints(Recipe)
+_FIELDS = {f.name: f for f in fields(Recipe)}
+
+
+def _base_type(hint: Any) -> Any:
+    if get_origin(hint) is Union:
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check/convert ``value`` to the type of recipe key ``key``."""
+    hint = _HINTS[key]
+    optional = get_origin(hint) is Union and type(None) in get_args(hint)
+    base = _base_type(hint)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
+        if not optional:
+            raise RecipeError(f"recipe key {key!r} may not be null")
+        return None
+    origin = get_origin(base) or base
+    try:
+        if origin is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if origin is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if origin is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if origin is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [float(v) for v in value]
+        if origin is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError, yaml.YAMLError):
+        pass
+    else:
+        return value
+    raise RecipeError(
+        f"recipe key {key!r} expects {getattr(base, '__name__', str(base))}"
+        f"{' or null' if optional else ''}; got {value!r}"
+    )
+
+
+def _apply(recipe: Recipe, values: Dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise RecipeError(f"unknown recipe key(s) {unknown} in {where}; run `spikingresformer train --help` for the list")
+    for k, v in values.items():
+        setattr(recipe, k, _coerce(k, v))
+
+
+def parse_overrides(tokens: Sequence[str]) -> Dict[str, str]:
+    """``['--lr', '1e-3', '--amp=false']`` -> ``{'lr': '1e-3', 'amp': 'false'}`` (dashes become underscores)."""
+    out: Dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            raise RecipeError(f"expected a --key value pair, got {tok!r}")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                value = "true"  # a bare flag switches a boolean on
+                i += 1
+            else:
+                value = tokens[i + 1]
+                i += 2
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Optional[Dict[str, Any]] = None) -> Recipe:
+    """Read a YAML recipe (or start from the defaults), apply ``overrides``, check every value."""
+    recipe = Recipe()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe file {p} must hold a mapping of keys to values, got {type(data).__name__}")
+        _apply(recipe, data, str(p))
+    if overrides:
+        _apply(recipe, overrides, "the command line")
+    _validate(recipe)
+    return recipe
+
+
+def _validate(r: Recipe) -> None:
+    checks = [
+        (r.T >= 1, f"T must be at least 1, got {r.T}"),
+        (r.img_size >= 1, f"img_size must be positive, got {r.img_size}"),
+        (r.epochs >= 1, f"epochs must be at least 1, got {r.epochs}"),
+        (r.batch_size >= 1, f"batch_size must be at least 1, got {r.batch_size}"),
+        (r.lr > 0, f"lr must be positive, got {r.lr}"),
+        (r.device in ("auto", "cpu", "cuda") or r.device.startswith("cuda:"), f"device must be auto, cpu or cuda, got {r.device!r}"),
+        (r.amp_dtype in ("auto", "bfloat16", "float16"), f"amp_dtype must be auto, bfloat16 or float16, got {r.amp_dtype!r}"),
+        (r.eval_interval >= 1, f"eval_interval must be at least 1, got {r.eval_interval}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise RecipeError(msg)
+
+
+def recipe_help() -> str:
+    """One line per recipe key: name, default and meaning (for ``train --help``)."""
+    lines = []
+    for f in fields(Recipe):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  --{f.name.replace('_', '-'):<20} {f.metadata['help']} [default: {default!r}]")
+    return "\n".join(lines)

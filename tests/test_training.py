@@ -1,0 +1,210 @@
+"""Training loop: learning, exact resumption, surviving a kill, distributed runs, early errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import spikingresformer as sr
+from spikingresformer.training import RecipeError, load_recipe, run_training
+from spikingresformer.training.checkpoints import load_training_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    model="spikingresformer_cifar",
+    model_args={"planes": [8, 16, 32], "num_heads": [1, 1, 2], "group_size": 8},
+    dataset="digits", img_size=8, T=2, batch_size=16, workers=0, lr=5e-3, warmup_epochs=0,
+    amp=False, device="cpu", progress=False, energy=False, log_interval=0,
+)
+
+
+def _recipe(tmp_path: Path, **kw):
+    return load_recipe(None, {**TINY, "output": str(tmp_path), **kw})
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def test_short_digits_training_learns(tmp_path):
+    out = run_training(_recipe(tmp_path, epochs=4, train_limit=640, lr=1e-2))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"] - 0.3
+    assert out["top1"] > 40.0  # chance is 10 %
+    for key in ("train_loss", "top1", "top5", "lr", "train_images_per_s", "wall_time_s", "eval_loss"):
+        assert key in lines[-1]
+    for name in ("last.pth", "best.pth", "best.safetensors", "recipe.yaml", "log.txt"):
+        assert (tmp_path / name).is_file(), name
+    assert any((tmp_path / "tensorboard").iterdir())
+    ckpt = load_training_checkpoint(tmp_path / "last.pth")
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "max_acc1", "rng"} <= set(ckpt)
+    assert load_recipe(tmp_path / "recipe.yaml").epochs == 4
+
+
+def _weights(path: Path):
+    return load_training_checkpoint(path)["model"]
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    kw = dict(train_limit=96, eval_limit=32)
+    run_training(_recipe(tmp_path / "full", epochs=2, **kw))
+    run_training(_recipe(tmp_path / "split", epochs=1, **kw))
+    # epochs=2 schedule from the start: rebuild the first half with the same 2-epoch schedule
+    run_training(_recipe(tmp_path / "split2", epochs=2, **kw, save_last=True, eval_interval=1,
+                         resume=None))
+    a = _weights(tmp_path / "full" / "last.pth")
+    b = _weights(tmp_path / "split2" / "last.pth")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    kw = dict(train_limit=96, eval_limit=32, epochs=2)
+    run_training(_recipe(tmp_path / "full", **kw))
+    # first epoch only, with the 2-epoch schedule: stop by limiting epochs through a resume point
+    first = _recipe(tmp_path / "part", **kw)
+    first.epochs = 2
+    _run_one_epoch_then_stop(first)
+    run_training(_recipe(tmp_path / "part", **kw, resume="auto"))
+    a = _weights(tmp_path / "full" / "last.pth")
+    b = _weights(tmp_path / "part" / "last.pth")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+
+
+def _run_one_epoch_then_stop(recipe):
+    """Run a 2-epoch recipe but stop after epoch 0 (as a crash would), via the metrics hook."""
+    import spikingresformer.training.train as train_mod
+
+    original = train_mod._epoch_line
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(m):
+        line = original(m)
+        if m["epoch"] == 0:
+            raise Stop
+        return line
+
+    train_mod._epoch_line = stop_after_first
+    try:
+        with pytest.raises(Stop):
+            run_training(recipe)
+    finally:
+        train_mod._epoch_line = original
+
+
+def test_kill_while_writing_checkpoint_resumes_from_last_complete(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "spikingresformer", "train"]
+    for k, v in {**TINY, "epochs": 3, "train_limit": 64, "eval_limit": 16, "output": str(out)}.items():
+        args += [f"--{k}", json.dumps(v) if isinstance(v, dict) else str(v)]
+    env = _env()
+    env["SPIKINGRESFORMER_TEST_PAUSE_IN_SAVE"] = "60"  # pause half-way through overwriting last.pth
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if list(out.glob(".last.pth.*.tmp")):
+                break
+            if proc.poll() is not None:
+                pytest.fail("training ended before the checkpoint write could be interrupted:\n"
+                            + proc.stdout.read().decode())
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint write was seen")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(out.glob(".last.pth.*.tmp"))  # the half-written file is there ...
+    ckpt = load_training_checkpoint(out / "last.pth")  # ... and the previous checkpoint is intact
+    assert ckpt["epoch"] == 0
+    env.pop("SPIKINGRESFORMER_TEST_PAUSE_IN_SAVE")
+    res = subprocess.run(args + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resumed from" in res.stdout
+    assert load_training_checkpoint(out / "last.pth")["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,exc,match",
+    [
+        ({"model": "spikingresformer_xxl"}, RecipeError, "unknown model"),
+        ({"dataset": "mnist"}, RecipeError, "unknown dataset"),
+        ({"resume": "/nonexistent/last.pth"}, FileNotFoundError, "does not exist"),
+        ({"transfer": "/nonexistent/w.pth"}, FileNotFoundError, "does not exist"),
+    ],
+)
+def test_bad_settings_fail_fast(tmp_path, overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        run_training(_recipe(tmp_path, epochs=1, **overrides))
+
+
+def test_missing_data_folder_fails_fast(tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError), match="cifar"):
+        run_training(_recipe(tmp_path, dataset="cifar10", data_root=str(tmp_path / "nothing"), epochs=1))
+
+
+def test_batch_that_does_not_divide_across_ranks(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RecipeError, match="does not divide across 2"):
+        run_training(_recipe(tmp_path, global_batch_size=15, epochs=1))
+
+
+def test_checkpoint_of_another_variant_is_refused(tmp_path):
+    other = sr.create_model("spikingresformer_dvsg")
+    path = sr.save_weights(other, tmp_path / "dvsg.safetensors")
+    with pytest.raises(sr.CheckpointError, match="another variant"):
+        run_training(_recipe(tmp_path / "run", transfer=str(path), epochs=1))
+
+
+def test_transfer_loads_all_but_classifier(tmp_path):
+    run_training(_recipe(tmp_path / "src", epochs=1, train_limit=32, eval_limit=16))
+    out = run_training(_recipe(tmp_path / "dst", epochs=1, train_limit=32, eval_limit=16, num_classes=7,
+                               transfer=str(tmp_path / "src" / "best.safetensors")))
+    assert "top1" in out
+    assert "classifier left out" in (tmp_path / "dst" / "log.txt").read_text()
+
+
+def test_tet_and_clipping_train(tmp_path):
+    out = run_training(_recipe(tmp_path, epochs=1, train_limit=32, eval_limit=16, tet=True, tet_lambda=0.05,
+                               clip_grad=1.0))
+    assert out["train_loss"] > 0
+
+
+def test_cli_help_lists_every_key_and_evaluate_writes_json(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "spikingresformer", "train", "--help"], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for key in ("--lr", "--T ", "--dataset", "--transfer", "--sync-bn", "--resume", "--tet"):
+        assert key in res.stdout
+    run_training(_recipe(tmp_path / "run", epochs=1, train_limit=32, eval_limit=16))
+    args = [sys.executable, "-m", "spikingresformer", "evaluate", "--checkpoint",
+            str(tmp_path / "run" / "best.pth"), "--json", str(tmp_path / "eval.json")]
+    for k, v in {**TINY, "eval_limit": 16, "output": str(tmp_path / "ev")}.items():
+        args += [f"--{k}", json.dumps(v) if isinstance(v, dict) else str(v)]
+    res = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["eval_samples"] == 16 and 0 <= metrics["top1"] <= 100 and metrics["params"] > 0
+    assert "top-1" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "spikingresformer", "train", "--bogus-key", "1"], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "bogus_key" in bad.stderr
