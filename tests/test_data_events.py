@@ -518,5 +518,10 @@ def test_build_dataset_event_names(tmp_path):
             assert info.split
     _, info = build_dataset("cifar10dvs", str(tmp_path / "c"), False, **opts)
     assert info.split == "cifar10dvs:first100"
+    # DVS augment: training only, on unless the recipe's dvs_augment switches it off
+    assert isinstance(build_dataset("cifar10dvs", str(tmp_path / "c"), True, **opts)[0].transform, DVSAugment)
+    assert build_dataset("cifar10dvs", str(tmp_path / "c"), False, **opts)[0].transform is None
+    no_aug = build_dataset("dvs128gesture", str(tmp_path / "g"), True, **dict(opts, dvs_augment=False))[0]
+    assert no_aug.transform is None
     ds, info = build_dataset("digits", None, True, **opts)
     assert ds[0][0].shape == (1, 32, 32) and not info.event

@@ -6,12 +6,15 @@ Options each builder reads (all others are ignored):
   crop_pct (1.0), mean/std (CIFAR's), reprob (0.0), plus optional timm ``create_transform``
   keywords scale, ratio, hflip, color_jitter.
 - ``imagenet``: the same with img_size 224, crop_pct 0.95, timm's ImageNet mean/std.
-- ``cifar10dvs``: T (16), img_size (None = 128), augment (True: DVS augment when training),
-  cifar10dvs_split ('official' | 'first100' | 'random:<seed>'), cache_dir.
-- ``dvs128gesture``: T (16), img_size (None = 128), augment (True), cache_dir.
+- ``cifar10dvs``: T (16), img_size (None = 128), augment (True), dvs_augment (None = follow
+  ``augment``; DVS augment is applied when training and ``augment and dvs_augment``),
+  cifar10dvs_split ('official' | 'first100' | 'random:<seed>'), cache_dir (None =
+  ``$SPIKINGRESFORMER_CACHE`` or ``~/.cache/spikingresformer``).
+- ``dvs128gesture``: T (16), img_size (None = 128), augment (True), dvs_augment (None), cache_dir.
 - ``event-digits``: T (8), img_size (None = sensor_size), augment (True: random shift by up to
-  max_shift px when training), data_seed (0), sensor_size (16), digit_size (12), max_shift (1),
-  cache_dir. The training seed ``seed`` is deliberately not used: the data depend on data_seed only.
+  max_shift px when training; with dvs_augment=True the full DVS augment instead), data_seed (0),
+  sensor_size (16), digit_size (12), max_shift (1), cache_dir. The training seed ``seed`` is
+  deliberately not used: the data depend on data_seed only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from torch.utils.data import Dataset
 from .registry import DatasetInfo, register_dataset
 
 _TIMM_EXTRA = ("scale", "ratio", "hflip", "vflip", "color_jitter", "train_crop_mode")
+
+
+def _dvs_aug(train: bool, augment: bool, dvs_augment: Optional[bool]) -> bool:
+    return bool(train and augment and (True if dvs_augment is None else dvs_augment))
 
 
 def _timm_extra(options: dict) -> dict:
@@ -85,37 +92,45 @@ def _imagenet(root: Optional[str], train: bool, *, img_size: int = 224, augment:
 
 @register_dataset("cifar10dvs")
 def _cifar10dvs(root: Optional[str], train: bool, *, T: int = 16, img_size: Optional[int] = None,
-                augment: bool = True, cifar10dvs_split: str = "official", cache_dir: Optional[str] = None,
-                **_: Any) -> Tuple[Dataset, DatasetInfo]:
+                augment: bool = True, dvs_augment: Optional[bool] = None, cifar10dvs_split: str = "official",
+                cache_dir: Optional[str] = None, **_: Any) -> Tuple[Dataset, DatasetInfo]:
     """CIFAR10-DVS frames ``[T, 3, img_size, img_size]``; DVS augment when training."""
     from .augment import DVSAugment
     from .cifar10dvs import CIFAR10DVS
 
     ds = CIFAR10DVS(root, train, T, split=cifar10dvs_split, size=img_size,
-                    transform=DVSAugment() if (train and augment) else None, cache_dir=cache_dir)
+                    transform=DVSAugment() if _dvs_aug(train, augment, dvs_augment) else None, cache_dir=cache_dir)
     return ds, DatasetInfo("cifar10dvs", 10, 3, event=True, mixup_ok=False, split=ds.split_name)
 
 
 @register_dataset("dvs128gesture")
 def _dvs128gesture(root: Optional[str], train: bool, *, T: int = 16, img_size: Optional[int] = None,
-                   augment: bool = True, cache_dir: Optional[str] = None, **_: Any) -> Tuple[Dataset, DatasetInfo]:
+                   augment: bool = True, dvs_augment: Optional[bool] = None, cache_dir: Optional[str] = None,
+                   **_: Any) -> Tuple[Dataset, DatasetInfo]:
     """DVS128 Gesture frames ``[T, 3, img_size, img_size]``; DVS augment when training."""
     from .augment import DVSAugment
     from .dvs128gesture import DVS128Gesture
 
-    ds = DVS128Gesture(root, train, T, size=img_size, transform=DVSAugment() if (train and augment) else None,
-                       cache_dir=cache_dir)
+    tf = DVSAugment() if _dvs_aug(train, augment, dvs_augment) else None
+    ds = DVS128Gesture(root, train, T, size=img_size, transform=tf, cache_dir=cache_dir)
     return ds, DatasetInfo("dvs128gesture", 11, 3, event=True, mixup_ok=False, split=ds.split_name)
 
 
 @register_dataset("event-digits")
 def _event_digits(root: Optional[str], train: bool, *, T: int = 8, img_size: Optional[int] = None,
-                  augment: bool = True, data_seed: int = 0, sensor_size: int = 16, digit_size: int = 12,
-                  max_shift: int = 1, cache_dir: Optional[str] = None, **_: Any) -> Tuple[Dataset, DatasetInfo]:
+                  augment: bool = True, dvs_augment: Optional[bool] = None, data_seed: int = 0,
+                  sensor_size: int = 16, digit_size: int = 12, max_shift: int = 1, cache_dir: Optional[str] = None,
+                  **_: Any) -> Tuple[Dataset, DatasetInfo]:
     """Digits converted to events by simulated saccades, framed like the DVS data sets (offline)."""
+    from .augment import DVSAugment
     from .event_digits import EventDigits, RandomShift
 
-    tf = RandomShift(max_shift) if (train and augment and max_shift > 0) else None
+    tf = None
+    if train and augment:
+        if dvs_augment:
+            tf = DVSAugment()
+        elif max_shift > 0:
+            tf = RandomShift(max_shift)
     ds = EventDigits(train, T=T, img_size=img_size, sensor_size=sensor_size, digit_size=digit_size,
                      seed=data_seed, transform=tf, cache_dir=cache_dir)
     return ds, DatasetInfo("event-digits", 10, 3, event=True, mixup_ok=False, split=ds.split_name)
