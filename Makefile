@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/spikingresformer train -c configs/digits.yaml --output runs/digits-demo
+	$(VENV)/bin/spikingresformer train -c configs/digits.yaml --output runs/digits-demo --energy false
+	$(VENV)/bin/spikingresformer evaluate -c configs/digits.yaml --output runs/digits-demo \
+		--checkpoint runs/digits-demo/best.safetensors --progress false
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -208,3 +208,41 @@ def test_cli_help_lists_every_key_and_evaluate_writes_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "spikingresformer", "train", "--bogus-key", "1"], env=_env(),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "bogus_key" in bad.stderr
+
+
+def _cli_args(recipe: dict) -> list:
+    args = []
+    for k, v in recipe.items():
+        args += [f"--{k}", json.dumps(v) if isinstance(v, dict) else str(v)]
+    return args
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_with_sync_bn(tmp_path):
+    """2 CPU processes (Gloo) with SyncBN and global batch 16 == 1 process with batch 16."""
+    common = {**TINY, "epochs": 1, "train_limit": 16, "eval_limit": 50, "augment": False, "global_batch_size": 16}
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+         "-m", "spikingresformer", "train"] + _cli_args({**common, "sync_bn": True, "output": str(tmp_path / "two")}),
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout
+    one = subprocess.run(
+        [sys.executable, "-m", "spikingresformer", "train"] + _cli_args({**common, "output": str(tmp_path / "one")}),
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    m2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    m1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert m2["eval_samples"] == m1["eval_samples"] == 50  # every sample counted exactly once
+    assert m2["train_samples"] == m1["train_samples"] == common["train_limit"]
+    print("loss", m1["train_loss"], m2["train_loss"], "eval", m1["eval_loss"], m2["eval_loss"])
+    assert abs(m2["train_loss"] - m1["train_loss"]) < 1e-4
+    a, b = _weights(tmp_path / "one" / "last.pth"), _weights(tmp_path / "two" / "last.pth")
+    assert set(a) == set(b)  # synchronised BN keeps the official key layout
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-4, worst
+    assert not list((tmp_path / "two").glob("*.tmp"))

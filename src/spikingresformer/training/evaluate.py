@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -24,6 +25,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
     ``output_json`` (default ``<output>/eval.json``). Works under ``torchrun`` too (each sample is
     counted exactly once).
     """
+    start = time.perf_counter()
     dist = init_distributed(recipe.device)
     try:
         output = Path(recipe.output or f"runs/{recipe.model}-{recipe.dataset}")
@@ -46,16 +48,17 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
                            progress=recipe.progress)
         metrics.update(model=recipe.model, dataset=recipe.dataset, checkpoint=checkpoint,
                        params=sum(p.numel() for p in model.parameters()), T=recipe.T, img_size=recipe.img_size)
-        log(f"{recipe.model} on {recipe.dataset} ({metrics['eval_samples']} samples): top-1 {metrics['top1']:.2f}% "
-            f"top-5 {metrics['top5']:.2f}% loss {metrics['eval_loss']:.4f} "
-            f"{metrics['eval_images_per_s']:.1f} img/s, {metrics['params'] / 1e6:.3f} M parameters")
         if dist.is_main:
             path = Path(output_json) if output_json else output / "eval.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(metrics, indent=1))
-            log(f"metrics written to {path}")
             if recipe.energy:
                 _energy_summary(model, eval_ds, dist, output, log)
+            log(f"metrics written to {path}")
+        log(f"{recipe.model} on {recipe.dataset} ({metrics['eval_samples']} samples): test accuracy top-1 "
+            f"{metrics['top1']:.2f}% (top-5 {metrics['top5']:.2f}%), loss {metrics['eval_loss']:.4f}, "
+            f"{metrics['eval_images_per_s']:.1f} img/s, {metrics['params'] / 1e6:.3f} M parameters, "
+            f"{time.perf_counter() - start:.1f} s")
         return metrics
     finally:
         cleanup_distributed()

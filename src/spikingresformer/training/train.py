@@ -230,6 +230,9 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             if rng is not None:
                 set_rng_state(rng)
             log(f"resumed from {resume} at epoch {state.epoch}")
+        elif dist.is_main and (output / "metrics.jsonl").exists():
+            log(f"starting a new run in {output}: the previous run's metrics.jsonl is kept as metrics.jsonl.prev")
+            os.replace(output / "metrics.jsonl", output / "metrics.jsonl.prev")
 
         ddp_model: nn.Module = model
         if dist.distributed:
@@ -300,7 +303,8 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             export = create_model_like(model)
             load_checkpoint(export, best)
             save_weights(export, output / "best.safetensors")
-            log(f"best top-1 {state.best_acc1:.2f}% at epoch {state.best_epoch}; weights in "
+            log(f"training took {time.perf_counter() - run_start:.1f} s; "
+                f"best top-1 {state.best_acc1:.2f}% at epoch {state.best_epoch}; weights in "
                 f"{output / 'best.safetensors'}, checkpoints in {output}")
         if recipe.energy and dist.is_main and final:
             _energy_summary(unwrap(model), eval_ds, dist, output, log)
