@@ -38,9 +38,10 @@ def _env():
 
 
 def test_short_digits_training_learns(tmp_path):
-    out = run_training(_recipe(tmp_path, epochs=4, train_limit=640, lr=1e-2))
+    small = {"planes": [16, 32, 64], "num_heads": [1, 2, 4], "group_size": 16}
+    out = run_training(_recipe(tmp_path, epochs=3, train_limit=960, batch_size=32, model_args=small))
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 4
+    assert len(lines) == 3
     assert lines[-1]["train_loss"] < lines[0]["train_loss"] - 0.3
     assert out["top1"] > 40.0  # chance is 10 %
     for key in ("train_loss", "top1", "top5", "lr", "train_images_per_s", "wall_time_s", "eval_loss"):
@@ -50,33 +51,18 @@ def test_short_digits_training_learns(tmp_path):
     assert any((tmp_path / "tensorboard").iterdir())
     ckpt = load_training_checkpoint(tmp_path / "last.pth")
     assert {"model", "optimizer", "lr_scheduler", "epoch", "max_acc1", "rng"} <= set(ckpt)
-    assert load_recipe(tmp_path / "recipe.yaml").epochs == 4
+    assert load_recipe(tmp_path / "recipe.yaml").epochs == 3
 
 
 def _weights(path: Path):
     return load_training_checkpoint(path)["model"]
 
 
-def test_resume_gives_the_same_weights(tmp_path):
-    kw = dict(train_limit=96, eval_limit=32)
-    run_training(_recipe(tmp_path / "full", epochs=2, **kw))
-    run_training(_recipe(tmp_path / "split", epochs=1, **kw))
-    # epochs=2 schedule from the start: rebuild the first half with the same 2-epoch schedule
-    run_training(_recipe(tmp_path / "split2", epochs=2, **kw, save_last=True, eval_interval=1,
-                         resume=None))
-    a = _weights(tmp_path / "full" / "last.pth")
-    b = _weights(tmp_path / "split2" / "last.pth")
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
-
-
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     kw = dict(train_limit=96, eval_limit=32, epochs=2)
     run_training(_recipe(tmp_path / "full", **kw))
-    # first epoch only, with the 2-epoch schedule: stop by limiting epochs through a resume point
-    first = _recipe(tmp_path / "part", **kw)
-    first.epochs = 2
-    _run_one_epoch_then_stop(first)
+    # a 2-epoch run that dies after its first epoch, then is resumed for the second
+    _run_one_epoch_then_stop(_recipe(tmp_path / "part", **kw))
     run_training(_recipe(tmp_path / "part", **kw, resume="auto"))
     a = _weights(tmp_path / "full" / "last.pth")
     b = _weights(tmp_path / "part" / "last.pth")
@@ -150,6 +136,7 @@ def test_kill_while_writing_checkpoint_resumes_from_last_complete(tmp_path):
         ({"dataset": "mnist"}, RecipeError, "unknown dataset"),
         ({"resume": "/nonexistent/last.pth"}, FileNotFoundError, "does not exist"),
         ({"transfer": "/nonexistent/w.pth"}, FileNotFoundError, "does not exist"),
+        ({"num_classes": 5}, RecipeError, "num_classes 5 is smaller"),
     ],
 )
 def test_bad_settings_fail_fast(tmp_path, overrides, exc, match):
@@ -177,7 +164,7 @@ def test_checkpoint_of_another_variant_is_refused(tmp_path):
 
 def test_transfer_loads_all_but_classifier(tmp_path):
     run_training(_recipe(tmp_path / "src", epochs=1, train_limit=32, eval_limit=16))
-    out = run_training(_recipe(tmp_path / "dst", epochs=1, train_limit=32, eval_limit=16, num_classes=7,
+    out = run_training(_recipe(tmp_path / "dst", epochs=1, train_limit=32, eval_limit=16, num_classes=12,
                                transfer=str(tmp_path / "src" / "best.safetensors")))
     assert "top1" in out
     assert "classifier left out" in (tmp_path / "dst" / "log.txt").read_text()
@@ -198,7 +185,7 @@ def test_cli_help_lists_every_key_and_evaluate_writes_json(tmp_path):
     run_training(_recipe(tmp_path / "run", epochs=1, train_limit=32, eval_limit=16))
     args = [sys.executable, "-m", "spikingresformer", "evaluate", "--checkpoint",
             str(tmp_path / "run" / "best.pth"), "--json", str(tmp_path / "eval.json")]
-    for k, v in {**TINY, "eval_limit": 16, "output": str(tmp_path / "ev")}.items():
+    for k, v in {**TINY, "eval_limit": 16, "output": str(tmp_path / "ev"), "energy": True}.items():
         args += [f"--{k}", json.dumps(v) if isinstance(v, dict) else str(v)]
     res = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -91,6 +91,10 @@ def build_model(recipe: Recipe, info: DatasetInfo) -> nn.Module:
     """Create the recipe's model for a data set (classes and channels from the data unless set)."""
     if recipe.model not in list_models():
         raise RecipeError(f"unknown model {recipe.model!r}; expected one of {list_models()}")
+    if recipe.num_classes is not None and recipe.num_classes < info.num_classes:
+        raise RecipeError(
+            f"num_classes {recipe.num_classes} is smaller than the {info.num_classes} classes of {info.name}"
+        )
     kwargs = dict(recipe.model_args)
     kwargs.setdefault("in_chans", info.in_chans)
     return create_model(
@@ -220,7 +224,11 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             except CheckpointError as e:
                 raise CheckpointError(f"cannot resume from {resume}: {e}") from None
             optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if ckpt.get("recipe", {}).get("epochs", recipe.epochs) == recipe.epochs:
+                scheduler.load_state_dict(ckpt["lr_scheduler"])
+            else:
+                log(f"resume: epochs changed from {ckpt['recipe']['epochs']} to {recipe.epochs}; "
+                    f"the learning-rate schedule follows the new count")
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             set_rate_flags(model, ckpt.get("rate_flags", {}))
