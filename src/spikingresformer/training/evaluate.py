@@ -46,7 +46,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
         amp_dtype = resolve_amp_dtype(recipe, dist.device)
         metrics = evaluate(model, loader, len(loader), dist, amp=recipe.amp, amp_dtype=amp_dtype,
                            progress=recipe.progress)
-        metrics.update(model=recipe.model, dataset=recipe.dataset, checkpoint=checkpoint,
+        metrics.update(model=recipe.model, dataset=recipe.dataset, split=info.split, checkpoint=checkpoint,
                        params=sum(p.numel() for p in model.parameters()), T=recipe.T, img_size=recipe.img_size)
         if dist.is_main:
             path = Path(output_json) if output_json else output / "eval.json"

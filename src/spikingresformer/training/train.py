@@ -281,7 +281,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             is_best = "top1" in metrics and metrics["top1"] > state.best_acc1
             if is_best:
                 state.best_acc1, state.best_epoch = metrics["top1"], epoch
-            metrics.update(epoch=epoch, lr=lr, best_top1=state.best_acc1,
+            metrics.update(epoch=epoch, lr=lr, best_top1=state.best_acc1, split=info.split,
                            wall_time_s=time.perf_counter() - run_start)
 
             rngs = _gather_rng(dist)
