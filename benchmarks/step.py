@@ -105,8 +105,11 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
     num_classes = model.num_classes
     x = torch.randn(args.batch_size, model.in_chans, img, img, device=device)
     y = torch.randint(0, num_classes, (args.batch_size,), device=device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if args.channels_last:  # 4-D weights only (the firing-rate buffers are 5-D)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -146,6 +149,7 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
                 times.append(time.perf_counter() - t0)
             del loss
         result["train_step_s"] = statistics.median(times)
+        result["train_step_min_s"] = min(times)
         result["train_step_times_s"] = times
         result["train_img_per_s"] = args.batch_size / result["train_step_s"]
         result["train_peak_rss_mb"] = _peak_rss_mb()
@@ -168,6 +172,7 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
                 if i >= max(1, args.warmup):
                     times.append(time.perf_counter() - t0)
         result["infer_s"] = statistics.median(times)
+        result["infer_min_s"] = min(times)
         result["infer_times_s"] = times
         result["infer_img_per_s"] = args.batch_size / result["infer_s"]
         result["peak_rss_mb"] = _peak_rss_mb()
@@ -187,8 +192,8 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]]) -> None:
     """Print one row per configuration, with ratios against ``baseline``."""
-    head = (f"{'backend':<10} {'prec':<5} {'malloc':<7} {'train s':>8} {'img/s':>7} {'infer s':>8} "
-            f"{'peak MB':>8} {'x train':>8} {'x infer':>8} {'mem ratio':>9}")
+    head = (f"{'backend':<10} {'prec':<5} {'malloc':<7} {'train s':>8} {'(min)':>7} {'img/s':>7} {'infer s':>8} "
+            f"{'(min)':>7} {'peak MB':>8} {'x train':>8} {'x infer':>8} {'mem ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -206,7 +211,8 @@ def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]
             if peak and bpeak:
                 mem = peak / bpeak
         print(f"{r['backend']:<10} {r['precision']:<5} {r['malloc']:<7} {_fmt(r.get('train_step_s'), '8.3f')} "
-              f"{_fmt(r.get('train_img_per_s'), '7.1f')} {_fmt(r.get('infer_s'), '8.3f')} {_fmt(peak, '8.0f')} "
+              f"{_fmt(r.get('train_step_min_s'), '7.3f')} {_fmt(r.get('train_img_per_s'), '7.1f')} "
+              f"{_fmt(r.get('infer_s'), '8.3f')} {_fmt(r.get('infer_min_s'), '7.3f')} {_fmt(peak, '8.0f')} "
               f"{_fmt(xs, '8.2f')} {_fmt(xi, '8.2f')} {_fmt(mem, '9.2f')}")
 
 
@@ -239,6 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results.append(r)
         print(f"# {cfg}: done in {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
     baseline = results[0] if results else None
+    print(f"load average at end: {os.getloadavg()}; times are medians, (min) the fastest step")
     print(f"model={args.model} batch={args.batch_size} T={args.T} img={args.img_size or 'default'} "
           f"device={args.device} channels_last={args.channels_last} checkpointing={args.grad_checkpointing} "
           f"compile={args.compile}; ratios against the first row")

@@ -14,7 +14,25 @@ On import this module therefore calls ``mallopt`` (through :mod:`ctypes`) so tha
 the same as starting Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``. Freed
 feature maps are then reused from the heap, already mapped. The cost: the process keeps its peak
 heap size (RSS does not shrink after the peak), which is what a training or inference process does
-anyway. Measurements are in ``benchmarks/`` and the project notes.
+anyway.
+
+Measured on the 2-core development machine (shared, so +-15 %), ``benchmarks/step.py`` with
+``spikingresformer_cifar``, batch 16, T=4, ``fused`` neurons, median training step:
+
+=========================  ===============  ===============  =========================
+allocator                  bfloat16 step    float32 step     peak RSS (bf16 / fp32)
+=========================  ===============  ===============  =========================
+glibc defaults             2.26 / 2.57 s    3.79 / 3.75 s    2.66 / 3.94-4.07 GB
+glibc tuned (this module)  2.22 / 2.37 s    3.67 / 3.23 s    2.69-2.78 / 4.13-4.15 GB
+jemalloc 5.3 (LD_PRELOAD)  4.17 / 4.03 s    7.71 / 7.10 s    2.17 / 3.21 GB
+tcmalloc 2.10 (LD_PRELOAD) 2.05 / 1.85 s    3.68 / 3.33 s    2.16 / 3.24 GB
+=========================  ===============  ===============  =========================
+
+(two rounds each). The tuned glibc settings are the fastest choice that can be made from inside
+the process (a few per cent on a whole step; on a single large element-wise kernel, where page
+faults dominate, 1.5x and more). tcmalloc is faster still and uses less memory, but it must be
+preloaded before Python starts, e.g. ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``
+(Debian package ``libtcmalloc-minimal4``); jemalloc with its default decay settings is slower.
 
 Opt out with ``SPIKINGRESFORMER_MALLOC=system`` (leave glibc alone). The settings are also skipped
 when glibc is not the C library, when a different allocator is preloaded (``LD_PRELOAD`` naming

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._csource import C_SOURCE, KINDS
 from .surrogate import atan_surrogate_grad
@@ -342,6 +343,7 @@ class FusedNeuronFunction(torch.autograd.Function):
         return spikes
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         saved = ctx.saved_tensors
         h = saved[0]
@@ -406,7 +408,14 @@ def lazy_triton_multistep(
     """The ``triton`` backend, importing Triton on first use (keeps ``import spikingresformer`` fast)."""
     global _triton_fn
     if _triton_fn is None:
-        from .triton_backend import triton_multistep
-
+        try:
+            from .triton_backend import triton_multistep
+        except Exception as exc:  # a broken Triton install must not break training
+            warnings.warn(
+                f"spikingresformer: Triton failed to import ({exc}); using the 'fused' backend instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            triton_multistep = fused_multistep  # type: ignore[assignment]
         _triton_fn = triton_multistep
     return _triton_fn(x, kind, decay, v_threshold, v_reset, alpha)

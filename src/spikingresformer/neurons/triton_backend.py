@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 import triton.language as tl
 
 __all__ = ["triton_multistep", "INTERPRET"]
@@ -168,6 +169,7 @@ class TritonNeuronFunction(torch.autograd.Function):
         return spikes
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         saved = ctx.saved_tensors
         h = saved[0]
