@@ -179,3 +179,33 @@ def test_small_custom_network_trains_a_step():
     loss = m(x).logsumexp(-1).mean()
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+def test_channels_last_layout_matches_contiguous():
+    """The channels-last feature-map layout (default under CPU bf16 autocast) computes the same model."""
+    fx = __import__("conftest").load_fixture("official_cifar")
+    m = sr.create_model("spikingresformer_cifar")
+    sr.load_checkpoint(m, fx["checkpoint"])
+    x = fx["train_input"]
+    grads = {}
+    for fmt in ("contiguous", "channels_last"):
+        m.memory_format = fmt
+        m.zero_grad()
+        m.eval()
+        with torch.no_grad():
+            out = m.forward_steps(fx["test_input"])
+        assert ((out - fx["eval_logits_per_step"]).abs().max() / fx["eval_logits_per_step"].abs().max()) < 1e-3
+        m.train()
+        m(x).logsumexp(-1).mean().backward()
+        grads[fmt] = m.classifier.weight.grad.clone()
+        sr.load_checkpoint(m, fx["checkpoint"])  # undo the buffer updates of the training forward
+    assert torch.allclose(grads["contiguous"], grads["channels_last"], rtol=1e-3, atol=1e-6)
+    m.memory_format = "auto"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.use_channels_last(x)
+        loss = m(x).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert not m.use_channels_last(x)  # float32 outside autocast stays contiguous
+    with pytest.raises(ValueError, match="memory_format"):
+        sr.create_model("spikingresformer_cifar", memory_format="nhwc")

@@ -31,6 +31,16 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+def to_channels_last_5d(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W]`` stored as ``[T, B, H, W, C]`` (channels innermost); folding T and B stays a view."""
+    return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def is_channels_last_5d(x: torch.Tensor) -> bool:
+    """True if ``x`` ``[T, B, C, H, W]`` is stored channels-innermost (and ``x.shape[2] > 1``)."""
+    return x.dim() == 5 and x.shape[2] > 1 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
 # --------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------
@@ -104,7 +114,7 @@ class DSSA(nn.Module):
     def _update_rate(self, name: str, spikes: torch.Tensor) -> torch.Tensor:
         """Fold the batch firing rate per head into buffer ``name`` (training only); return the buffer."""
         if self.training and not self._freeze_rates:
-            rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True)
+            rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True, dtype=torch.float32)
             if self.sync_rates and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 rate = rate.clone()
                 dist.all_reduce(rate)
@@ -127,7 +137,12 @@ class DSSA(nn.Module):
         t, b, c, h, w = x.shape
         heads = self.num_heads
         s = self.activation_in(x)
-        y = self.norm(self.W(s))
+        y = self.W(s)
+        if not y.is_contiguous():
+            # the attention reads y in channels-first order: reorder before BatchNorm, not after, so
+            # that BatchNorm's backward sees input and gradient in one layout (mixed is ~10x slower)
+            y = y.contiguous()
+        y = self.norm(y)
         num_patches = y.shape[-2] * y.shape[-1]
         y = y.reshape(t, b, heads, 2 * c // heads, num_patches)
         y1, y2 = y[:, :, :, : c // heads, :], y[:, :, :, c // heads :, :]
@@ -138,8 +153,10 @@ class DSSA(nn.Module):
         attn = self.activation_attn(attn)
 
         scale2 = self._scale(self._update_rate("firing_rate_attn", attn), num_patches)
-        out = self.matmul2(y2, attn) * scale2
-        out = self.activation_out(out.reshape(t, b, c, h, w))
+        out = (self.matmul2(y2, attn) * scale2).reshape(t, b, c, h, w)
+        if is_channels_last_5d(x):  # keep the block's output in its input's layout
+            out = to_channels_last_5d(out)
+        out = self.activation_out(out)
         return self.norm_proj(self.Wproj(out)) + x
 
 
@@ -207,6 +224,9 @@ class SpikingResformer(nn.Module):
         neuron_backend: force a neuron backend (``None`` = automatic, see ``neurons.backends``).
         ffn_ratio: GWFFN expansion ratio.
         sync_firing_rates: average DSSA firing rates over ranks under ``torch.distributed``.
+        memory_format: layout of the feature maps: ``"contiguous"``, ``"channels_last"`` (time and
+            batch outermost, channels innermost) or ``"auto"`` (channels-last under CPU bfloat16
+            autocast, where it is faster). Results are the same up to floating-point rounding.
 
     ``forward`` takes ``[B, C, H, W]`` images (repeated over T) or ``[B, T, C, H, W]`` event frames
     and returns logits ``[B, num_classes]`` averaged over time; :meth:`forward_steps` returns the
@@ -230,6 +250,7 @@ class SpikingResformer(nn.Module):
         neuron_backend: Optional[str] = None,
         ffn_ratio: int = 4,
         sync_firing_rates: bool = True,
+        memory_format: str = "auto",
         **kwargs: Any,
     ):
         super().__init__()
@@ -245,6 +266,9 @@ class SpikingResformer(nn.Module):
             )
         if T < 1:
             raise ValueError(f"T must be at least 1, got {T}")
+        if memory_format not in ("auto", "contiguous", "channels_last"):
+            raise ValueError(f"memory_format must be auto, contiguous or channels_last, got {memory_format!r}")
+        self.memory_format = memory_format
         if prologue not in ("imagenet", "cifar"):
             raise ValueError(f"prologue must be 'imagenet' or 'cifar', got {prologue!r}")
         self.T = T
@@ -363,6 +387,16 @@ class SpikingResformer(nn.Module):
         if x.dim() == 5 and x.shape[1] < 1:
             raise ValueError(f"expected at least one time step, got shape {tuple(x.shape)}")
 
+    def use_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether feature maps are kept channels-last for this input (see ``memory_format``)."""
+        if self.memory_format == "channels_last":
+            return True
+        if self.memory_format == "contiguous" or x.device.type != "cpu":
+            return False
+        # measured on CPU: oneDNN's bfloat16 convolutions are several times faster on channels-last
+        # input, while float32 ones are faster on contiguous input
+        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> ``[T, B, C, H, W]`` after the prologue.
 
@@ -370,10 +404,15 @@ class SpikingResformer(nn.Module):
         is repeated over T (the official code repeats the image first; the result is the same).
         """
         self.check_input(x)
+        channels_last = self.use_channels_last(x)
         if x.dim() == 5:
-            return self.prologue(x.transpose(0, 1))
-        y = self.prologue[0](x)
-        y = y.unsqueeze(0).expand(self.T, *y.shape).contiguous(memory_format=torch.contiguous_format)
+            x = x.transpose(0, 1)
+            return self.prologue(to_channels_last_5d(x) if channels_last else x)
+        y = self.prologue[0](x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        if channels_last:  # repeat over T in [T, B, H, W, C] memory order
+            y = y.permute(0, 2, 3, 1).unsqueeze(0).expand(self.T, -1, -1, -1, -1).contiguous().permute(0, 1, 4, 2, 3)
+        else:
+            y = y.unsqueeze(0).expand(self.T, *y.shape).contiguous()
         for m in self.prologue[1:]:
             y = m(y)
         return y
@@ -398,6 +437,8 @@ class SpikingResformer(nn.Module):
         return self._head_steps(x, pre_logits).mean(0)
 
     def _head_steps(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if x.requires_grad and is_channels_last_5d(x):
+            x = _ChannelsLastGrad.apply(x)
         x = x.mean((-2, -1))  # global average pool: [T, B, C]
         return x if pre_logits else self.classifier(x)
 
@@ -448,6 +489,22 @@ class SpikingResformer(nn.Module):
         if prune_head:
             self.reset_classifier(0)
         return take
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward returns the gradient channels-last.
+
+    The pooling gradient arrives channels-first and would flow through every residual connection,
+    so each BatchNorm would see a channels-last input with a channels-first gradient (slow).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return to_channels_last_5d(grad)
 
 
 class _RecomputeOnce(nn.Module):

@@ -49,9 +49,17 @@ class MultiStepNeuron(nn.Module):
                 f"{type(self).__name__} expects a [T, ...] tensor with at least 2 dimensions, "
                 f"got shape {tuple(x.shape)}"
             )
-        return multistep_neuron(
+        spikes = multistep_neuron(
             x, self.kind, self._decay(), self.v_threshold, self.v_reset, self.surrogate_alpha, self.backend
         )
+        # Under autocast every consumer of the spikes (convolutions, matmuls) would cast them to the
+        # low-precision dtype itself, once per consumer; spikes are exactly 0/1, so cast them once here.
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            low = torch.get_autocast_dtype(device_type)
+            if spikes.dtype != low:
+                spikes = spikes.to(low)
+        return spikes
 
     def extra_repr(self) -> str:
         return (
