@@ -108,7 +108,7 @@ def train_one_epoch(
         samples += n
         elapsed = time.perf_counter() - start
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{samples / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{samples / max(elapsed, 1e-9):.1f}", refresh=False)
         elif dist.is_main and log_interval and (step + 1) % log_interval == 0:
             log(f"epoch {epoch} step {step + 1}/{num_batches} loss {loss.item():.4f} "
                 f"{samples / max(elapsed, 1e-9):.1f} img/s")
