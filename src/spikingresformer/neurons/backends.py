@@ -64,6 +64,7 @@ def resolve_backend(name: Optional[str], device: torch.device) -> str:
     return "reference"
 
 
+@torch.compiler.disable
 def multistep_neuron(
     x: torch.Tensor,
     kind: str,
@@ -73,6 +74,10 @@ def multistep_neuron(
     alpha: float = 2.0,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """Spikes of a multi-step neuron of ``kind`` (``lif``, ``plif``, ``if``) over ``x`` ``[T, ...]``."""
+    """Spikes of a multi-step neuron of ``kind`` (``lif``, ``plif``, ``if``) over ``x`` ``[T, ...]``.
+
+    Under ``torch.compile`` the neuron runs eagerly (the fused kernels are already single passes);
+    the layers between neurons are compiled.
+    """
     name = resolve_backend(backend, x.device)
     return _BACKENDS[name](x, kind, decay, v_threshold, v_reset, alpha)

@@ -247,7 +247,9 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
             )
-        run_model = torch.compile(ddp_model) if recipe.compile else ddp_model
+        # static shapes: every batch has the same size (drop_last), and dynamic-shape tracing of the
+        # attention reshapes fails in inductor
+        run_model = torch.compile(ddp_model, dynamic=False) if recipe.compile else ddp_model
 
         train_sampler, train_loader, eval_loader = _loaders(recipe, dist, train_ds, eval_ds)
         log(f"training {recipe.model} ({n_params / 1e6:.3f} M parameters) on {recipe.dataset}: "
