@@ -61,7 +61,6 @@ def train_one_epoch(
     tet_lambda: float = 0.0,
     tet_phi: float = 1.0,
     clip_grad: Optional[float] = None,
-    channels_last: bool = False,
     progress: bool = True,
     log_interval: int = 50,
     log: Callable[[str], None] = print,
@@ -75,8 +74,6 @@ def train_one_epoch(
     for step, (images, target) in enumerate(bar):
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
-        if channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
         if mixup_fn is not None:
             images, target = mixup_fn(images, target)
 
@@ -148,7 +145,6 @@ def evaluate(
     *,
     amp: bool = False,
     amp_dtype: torch.dtype = torch.bfloat16,
-    channels_last: bool = False,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Top-1/top-5 accuracy and mean cross-entropy over the whole loader, summed exactly over ranks."""
@@ -158,8 +154,6 @@ def evaluate(
     for images, target in progress_bar(loader, num_batches, "eval", progress and dist.is_main):
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
-        if channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(dist.device, amp, amp_dtype):
             logits = model(images).float()
         k = min(5, logits.shape[-1])

@@ -87,7 +87,9 @@ class Recipe:
     amp_dtype: str = _k("auto", "auto | bfloat16 | float16 (auto: bfloat16 on CPU and on CUDA where supported)")
     grad_checkpointing: bool = _k(False, "recompute each block in backward (less memory)")
     compile: bool = _k(False, "torch.compile the model")
-    channels_last: bool = _k(False, "channels-last memory format for convolutions")
+    channels_last: bool = _k(
+        False, "keep feature maps channels-last always (default: only under CPU bfloat16 autocast, where it is faster)"
+    )
     # run
     device: str = _k("auto", "auto | cpu | cuda")
     seed: int = _k(12450, "random seed")

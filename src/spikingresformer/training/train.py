@@ -97,6 +97,7 @@ def build_model(recipe: Recipe, info: DatasetInfo) -> nn.Module:
         )
     kwargs = dict(recipe.model_args)
     kwargs.setdefault("in_chans", info.in_chans)
+    kwargs.setdefault("memory_format", "channels_last" if recipe.channels_last else "auto")
     return create_model(
         recipe.model,
         num_classes=recipe.num_classes if recipe.num_classes is not None else info.num_classes,
@@ -192,8 +193,6 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         if recipe.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(dist.device)
-        if recipe.channels_last:
-            model.to(memory_format=torch.channels_last)
         n_params = sum(p.numel() for p in model.parameters())
         optimizer = create_optimizer_v2(
             model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps
@@ -272,14 +271,13 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
                 run_model, train_loader, len(train_loader), optimizer, criterion, dist, epoch=epoch,
                 mixup_fn=mixup_fn, scaler=scaler, amp=recipe.amp, amp_dtype=amp_dtype, tet=recipe.tet,
                 tet_lambda=recipe.tet_lambda, tet_phi=recipe.tet_phi, clip_grad=recipe.clip_grad,
-                channels_last=recipe.channels_last, progress=recipe.progress, log_interval=recipe.log_interval,
+                progress=recipe.progress, log_interval=recipe.log_interval,
                 log=log,
             )
             scheduler.step(epoch + 1)
             if (epoch + 1) % recipe.eval_interval == 0 or epoch + 1 == recipe.epochs:
                 metrics.update(evaluate(run_model, eval_loader, len(eval_loader), dist, amp=recipe.amp,
-                                        amp_dtype=amp_dtype, channels_last=recipe.channels_last,
-                                        progress=recipe.progress))
+                                        amp_dtype=amp_dtype, progress=recipe.progress))
             is_best = "top1" in metrics and metrics["top1"] > state.best_acc1
             if is_best:
                 state.best_acc1, state.best_epoch = metrics["top1"], epoch
