@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __all__ = ["C_SOURCE", "DTYPES", "KINDS"]
 
-KINDS = {"if": 0, "lif": 1, "plif": 2}
+from .common import KIND_CODES as KINDS  # noqa: E402  (the kernels number kinds the same way)
 
 # name -> (storage C type, compute C type, load expression, store expression, round expression)
 DTYPES = {

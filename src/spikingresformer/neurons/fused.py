@@ -39,6 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._csource import C_SOURCE, KINDS
+from .common import needs_autograd, plif_w_grad, unpack_decay
 from .surrogate import atan_surrogate_grad
 
 __all__ = ["fused_multistep", "lazy_triton_multistep", "c_kernel_available", "build_c_kernel", "IMPL_ENV_VAR", "CACHE_ENV_VAR"]
@@ -355,8 +356,7 @@ class FusedNeuronFunction(torch.autograd.Function):
         grad_w = None
         if ctx.kind == "plif" and ctx.needs_input_grad[1]:
             k = saved[2]
-            gk_t = torch.as_tensor(gk, dtype=torch.float64, device=k.device)
-            grad_w = (gk_t * (k.double() * (1.0 - k.double()))).to(k.dtype)
+            grad_w = plif_w_grad(torch.as_tensor(gk, dtype=torch.float64, device=k.device), k)
         return grad_x, grad_w, None, None, None, None, None, None
 
 
@@ -369,18 +369,10 @@ def fused_multistep(
     alpha: float,
 ) -> torch.Tensor:
     """Fused multi-step neuron; same signature and results as ``reference_multistep``."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown neuron kind {kind!r}; expected one of {sorted(KINDS)}")
+    w, tau = unpack_decay(kind, decay)
     impl = _impl_for(x)
     vth, vr, alpha = float(v_threshold), float(v_reset), float(alpha)
-    w: Optional[torch.Tensor] = None
-    tau = 0.0
-    if kind == "plif":
-        w = decay if isinstance(decay, torch.Tensor) else torch.tensor(float(decay))  # type: ignore[arg-type]
-    elif kind == "lif":
-        tau = float(decay)  # type: ignore[arg-type]
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad))
-    if needs_grad:
+    if needs_autograd(x, w):
         return FusedNeuronFunction.apply(x, w, kind, tau, vth, vr, alpha, impl)
     # Inference: no autograd node, nothing stored for backward.
     if kind == "plif":

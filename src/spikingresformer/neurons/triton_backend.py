@@ -24,13 +24,14 @@ from typing import Optional
 import torch
 import triton
 from torch.autograd.function import once_differentiable
+
+from .common import KIND_CODES, needs_autograd, plif_w_grad, unpack_decay
 import triton.language as tl
 
 __all__ = ["triton_multistep", "INTERPRET"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-_KIND = {"if": 0, "lif": 1, "plif": 2}
 _RND = {torch.float32: 0, torch.float64: 0, torch.bfloat16: 1, torch.float16: 2}
 _BLOCK = 1024
 
@@ -147,7 +148,7 @@ def _forward(x: torch.Tensor, kind: str, k: Optional[torch.Tensor], tau: float, 
     grid = (triton.cdiv(n, _BLOCK),)
     _fwd_kernel[grid](
         x, spikes, h, kp, steps, n, tau, vth, vr,
-        KIND=_KIND[kind], RND=_RND[x.dtype], F64=x.dtype == torch.float64, STORE_H=store_h, BLOCK=_BLOCK,
+        KIND=KIND_CODES[kind], RND=_RND[x.dtype], F64=x.dtype == torch.float64, STORE_H=store_h, BLOCK=_BLOCK,
         **_launch_opts(),
     )
     return spikes, (h if store_h else None)
@@ -186,12 +187,11 @@ class TritonNeuronFunction(torch.autograd.Function):
         _bwd_kernel[grid](
             h, x, grad, grad_x, k, part, steps, n, ctx.tau, ctx.vth, ctx.vr,
             ctx.alpha / 2.0, math.pi / 2.0 * ctx.alpha,
-            KIND=_KIND[kind], F64=h.dtype == torch.float64, BLOCK=_BLOCK, **_launch_opts(),
+            KIND=KIND_CODES[kind], F64=h.dtype == torch.float64, BLOCK=_BLOCK, **_launch_opts(),
         )
         grad_w = None
         if kind == "plif" and ctx.needs_input_grad[1]:
-            kd = k.double()
-            grad_w = (part.double().sum() * kd * (1.0 - kd)).to(k.dtype)
+            grad_w = plif_w_grad(part.double().sum(), k)
         return grad_x, grad_w, None, None, None, None, None
 
 
@@ -204,8 +204,7 @@ def triton_multistep(
     alpha: float,
 ) -> torch.Tensor:
     """Triton multi-step neuron; same signature and results as ``reference_multistep``."""
-    if kind not in _KIND:
-        raise ValueError(f"unknown neuron kind {kind!r}; expected one of {sorted(_KIND)}")
+    w, tau = unpack_decay(kind, decay)
     if x.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
             "the 'triton' neuron backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import); "
@@ -214,16 +213,9 @@ def triton_multistep(
     if x.dtype not in _RND:
         raise TypeError(f"the 'triton' neuron backend does not support dtype {x.dtype}")
     vth, vr, alpha = float(v_threshold), float(v_reset), float(alpha)
-    w: Optional[torch.Tensor] = None
-    tau = 1.0
-    if kind == "plif":
-        w = decay if isinstance(decay, torch.Tensor) else torch.tensor(float(decay))  # type: ignore[arg-type]
-    elif kind == "lif":
-        tau = float(decay)  # type: ignore[arg-type]
     if x.numel() == 0:
         return torch.empty_like(x)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad))
-    if needs_grad:
+    if needs_autograd(x, w):
         return TritonNeuronFunction.apply(x, w, kind, tau, vth, vr, alpha)
     k = torch.sigmoid(w).to(x.device) if w is not None else None
     return _forward(x.contiguous(), kind, k, tau, vth, vr, False)[0]
