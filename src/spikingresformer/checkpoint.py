@@ -130,16 +130,18 @@ def load_checkpoint(
     return out
 
 
-def save_weights(model: nn.Module, path: PathLike) -> Path:
-    """Write the model's state dict to ``path`` as ``.safetensors`` (atomically); return the path."""
+def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike) -> Path:
+    """Write a model's (or a state dict's) weights to ``path`` as ``.safetensors``, atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files; got {path.name!r}")
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, nn.Module):
+        model = getattr(model, "module", model)
+        model = getattr(model, "_orig_mod", model)
+        model = model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})

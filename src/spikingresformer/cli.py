@@ -18,35 +18,13 @@ from typing import List, Optional
 __all__ = ["main"]
 
 
-def _train_parser(sub) -> argparse.ArgumentParser:
+def _recipe_command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that reads a recipe (``-c``) and takes any recipe key as ``--key value``."""
     from .training.recipe import recipe_help
 
-    p = sub.add_parser(
-        "train",
-        help="train a model from a YAML recipe",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train (and evaluate) a model as a YAML recipe says. Any recipe key can be "
-        "overridden with --key value (dashes or underscores); the merged recipe is saved as "
-        "<output>/recipe.yaml.\n\nRecipe keys:\n" + recipe_help(),
-    )
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=description + "\n\nRecipe keys:\n" + recipe_help())
     p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml)")
-    return p
-
-
-def _evaluate_parser(sub) -> argparse.ArgumentParser:
-    from .training.recipe import recipe_help
-
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate a checkpoint (official ones too)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate a model on the evaluation split of a data set and write the metrics "
-        "as JSON. Recipe keys (from -c and/or --key value) choose the data and the model.\n\nRecipe keys:\n"
-        + recipe_help(),
-    )
-    p.add_argument("-c", "--config", help="YAML recipe giving the data set and its settings")
-    p.add_argument("--checkpoint", help="weights: official .pth, our checkpoints, or .safetensors")
-    p.add_argument("--json", dest="json_path", help="where to write the metrics (default <output>/eval.json)")
     return p
 
 
@@ -55,8 +33,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="spikingresformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    _evaluate_parser(sub)
+    _recipe_command(
+        sub, "train", "train a model from a YAML recipe",
+        "Train (and evaluate) a model as a YAML recipe says. Any recipe key can be overridden with "
+        "--key value (dashes or underscores); the merged recipe is saved as <output>/recipe.yaml.",
+    )
+    ev = _recipe_command(
+        sub, "evaluate", "evaluate a checkpoint (official ones too)",
+        "Evaluate a model on the evaluation split of a data set and write the metrics as JSON. "
+        "Recipe keys (from -c and/or --key value) choose the data and the model.",
+    )
+    ev.add_argument("--checkpoint", help="weights: official .pth, our checkpoints, or .safetensors")
+    ev.add_argument("--json", dest="json_path", help="where to write the metrics (default <output>/eval.json)")
     energy = sub.add_parser("energy", help="energy and firing-rate report of a model")
     try:
         from .energy.cli import add_arguments as energy_args

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, unwrap
 
 __all__ = ["tet_loss", "autocast_context", "train_one_epoch", "evaluate", "progress_bar"]
 
@@ -126,9 +126,7 @@ def _unwrap_call(model: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor
     DDP only hooks ``forward``; per-step logits are obtained as ``forward`` of a model whose
     ``return_steps`` flag is set for the duration of the call.
     """
-    inner = model
-    while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):
-        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod")
+    inner = unwrap(model)
     inner.return_steps = True  # type: ignore[attr-defined]
     try:
         return model(x)

@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from torch.utils.data import DataLoader
-
 from .. import load_checkpoint
-from .distributed import ShardedEvalSampler, cleanup_distributed, init_distributed
+from .distributed import cleanup_distributed, init_distributed
 from .engine import evaluate
 from .recipe import Recipe
-from .train import Logger, _energy_summary, build_data, build_model, resolve_amp_dtype
+from .train import Logger, _energy_summary, build_data, build_model, eval_loader, resolve_amp_dtype
 
 __all__ = ["run_evaluation"]
 
@@ -38,11 +36,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
             load_checkpoint(model, checkpoint)
             log(f"loaded weights from {checkpoint}")
         model.to(dist.device)
-        loader = DataLoader(
-            eval_ds, batch_size=recipe.eval_batch_size or recipe.batch_size,
-            sampler=ShardedEvalSampler(len(eval_ds), dist.rank, dist.world_size),  # type: ignore[arg-type]
-            num_workers=recipe.workers, pin_memory=dist.device.type == "cuda",
-        )
+        loader = eval_loader(recipe, dist, eval_ds)
         amp_dtype = resolve_amp_dtype(recipe, dist.device)
         metrics = evaluate(model, loader, len(loader), dist, amp=recipe.amp, amp_dtype=amp_dtype,
                            progress=recipe.progress)

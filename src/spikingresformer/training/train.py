@@ -29,7 +29,7 @@ from .distributed import DistInfo, ShardedEvalSampler, cleanup_distributed, conv
 from .engine import evaluate, train_one_epoch
 from .recipe import Recipe, RecipeError
 
-__all__ = ["run_training", "build_data", "build_model", "resolve_amp_dtype", "Logger", "data_options"]
+__all__ = ["run_training", "build_data", "build_model", "eval_loader", "resolve_amp_dtype", "Logger", "data_options"]
 
 
 class Logger:
@@ -123,12 +123,16 @@ def _loaders(recipe: Recipe, dist: DistInfo, train_ds: Dataset, eval_ds: Dataset
         train_ds, batch_size=recipe.batch_size, sampler=train_sampler, num_workers=recipe.workers,
         pin_memory=pin, drop_last=True, persistent_workers=recipe.workers > 0,
     )
-    eval_loader = DataLoader(
+    return train_sampler, train_loader, eval_loader(recipe, dist, eval_ds)
+
+
+def eval_loader(recipe: Recipe, dist: DistInfo, eval_ds: Dataset) -> DataLoader:
+    """Evaluation loader in which every sample goes to exactly one rank."""
+    return DataLoader(
         eval_ds, batch_size=recipe.eval_batch_size or recipe.batch_size,
         sampler=ShardedEvalSampler(len(eval_ds), dist.rank, dist.world_size),  # type: ignore[arg-type]
-        num_workers=recipe.workers, pin_memory=pin,
+        num_workers=recipe.workers, pin_memory=dist.device.type == "cuda",
     )
-    return train_sampler, train_loader, eval_loader
 
 
 def _criterion(recipe: Recipe, mixup_on: bool) -> Callable:
@@ -307,10 +311,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             final = metrics
 
         if dist.is_main and (output / "best.pth").is_file():
-            best = load_training_checkpoint(output / "best.pth")
-            export = create_model_like(model)
-            load_checkpoint(export, best)
-            save_weights(export, output / "best.safetensors")
+            save_weights(load_training_checkpoint(output / "best.pth")["model"], output / "best.safetensors")
             log(f"training took {time.perf_counter() - run_start:.1f} s; "
                 f"best top-1 {state.best_acc1:.2f}% at epoch {state.best_epoch}; weights in "
                 f"{output / 'best.safetensors'}, checkpoints in {output}")
@@ -323,13 +324,6 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         return final
     finally:
         cleanup_distributed()
-
-
-def create_model_like(model: nn.Module) -> nn.Module:
-    """A CPU copy of ``model`` (unwrapped) for exporting weights."""
-    import copy
-
-    return copy.deepcopy(unwrap(model)).cpu()
 
 
 def _gather_rng(dist: DistInfo) -> Dict[int, Any]:
