@@ -169,10 +169,7 @@ class CIFAR10DVS(Dataset):
         return frames
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        x = frames_to_input(self.frames(i), self.size)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.samples[i][1]
+        return frames_to_input(self.frames(i), self.size, self.transform), self.samples[i][1]
 
     def extra_repr(self) -> str:
         """One line describing the split and sizes."""

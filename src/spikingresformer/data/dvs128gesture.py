@@ -262,10 +262,7 @@ class DVS128Gesture(Dataset):
         return result
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        x = frames_to_input(self.frames(i), self.size)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.samples[i][2]
+        return frames_to_input(self.frames(i), self.size, self.transform), self.samples[i][2]
 
     def __repr__(self) -> str:
         return f"DVS128Gesture(train={self.train}, T={self.T}, size={self.size}, samples={len(self)})"

@@ -120,10 +120,7 @@ class EventDigits(Dataset):
         return images_to_events(self._digits[i : i + 1], self.sensor_size, self.cfg, seed=self.seed)[0]
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        x = frames_to_input(self.frames[i], self.size)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.labels[i])
+        return frames_to_input(self.frames[i], self.size, self.transform), int(self.labels[i])
 
     def __repr__(self) -> str:
         return (

@@ -72,15 +72,21 @@ def _size_tuple(size: SizeLike) -> Optional[Tuple[int, int]]:
     return (int(h), int(w))
 
 
-def frames_to_input(frames: Union[np.ndarray, torch.Tensor], size: SizeLike = None) -> torch.Tensor:
-    """``[T, 2, H, W]`` counts -> float32 ``[T, 3, h, w]``: OFF, ON, their sum; bilinear antialiased resize."""
+def frames_to_input(
+    frames: Union[np.ndarray, torch.Tensor], size: SizeLike = None, transform: Optional[Any] = None
+) -> torch.Tensor:
+    """``[T, 2, H, W]`` counts -> float32 ``[T, 3, h, w]``: OFF, ON, their sum; bilinear antialiased resize.
+
+    ``transform`` (a data set's sample transform, e.g. the DVS augment) is applied last.
+    """
     x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
     x = x.to(torch.float32)
     x = torch.cat([x, x.sum(dim=1, keepdim=True)], dim=1)
     hw = _size_tuple(size)
     if hw is not None and tuple(x.shape[-2:]) != hw:
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return x.contiguous()
+    x = x.contiguous()
+    return transform(x) if transform is not None else x
 
 
 def default_cache_root() -> Path:
