@@ -1,0 +1,99 @@
+"""Files that are either complete or absent: the one atomic-write rule every writer uses.
+
+A writer fills a temporary file in the destination's folder (a unique name, so concurrent writers
+never share one), flushes it to disk, renames it over the destination (``os.replace`` is atomic on
+POSIX) and flushes the folder entry. A process killed at any moment leaves either the old file or
+the new one, plus at most an orphan temporary file that :func:`remove_orphans` can clear.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Union
+
+__all__ = ["TMP_SUFFIX", "atomic_open", "atomic_write_bytes", "atomic_write_with", "remove_orphans"]
+
+#: Suffix of the temporary files (``.<name>.<random>.tmp`` next to the destination).
+TMP_SUFFIX = ".tmp"
+
+PathLike = Union[str, os.PathLike]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
+    """Open a binary file that replaces ``path`` only when the ``with`` block ends without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview]) -> Path:
+    """Write ``data`` to ``path`` atomically; return the path."""
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Atomically create ``path`` with a writer that only accepts a file name (e.g. safetensors).
+
+    ``write(tmp_name)`` must write the whole file to ``tmp_name``; it is then synced and renamed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def remove_orphans(folder: PathLike, name: str = "*") -> list[Path]:
+    """Delete temporary files that killed writers left in ``folder`` (for destination ``name``)."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*{TMP_SUFFIX}"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
