@@ -30,6 +30,9 @@ def _recipe_command(sub, name: str, help: str, description: str) -> argparse.Arg
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script and of ``python -m spikingresformer``."""
+    from . import runtime
+
+    runtime.apply_defaults()  # our own command: tune the allocator (a plain import never does)
     parser = argparse.ArgumentParser(prog="spikingresformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
