@@ -709,6 +709,9 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     ),
 }
 
+#: Variants trained on event-camera frames ``[B, T, C, H, W]`` rather than images.
+EVENT_VARIANTS = frozenset({"spikingresformer_dvsg"})
+
 #: Simulation steps of each variant's published recipe (ImageNet/CIFAR: 4; DVS128 Gesture: 16).
 DEFAULT_T: Dict[str, int] = {name: int(args.get("T", 4)) for name, args in VARIANTS.items()}
 
@@ -738,7 +741,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SpikingRes
         **args,
     )
     # timm's PretrainedCfg has no field for the number of time steps; add it to the resolved dict.
-    model.pretrained_cfg = dict(model.pretrained_cfg, T=DEFAULT_T[variant])
+    model.pretrained_cfg = dict(
+        model.pretrained_cfg, T=DEFAULT_T[variant], input_kind="events" if variant in EVENT_VARIANTS else "images"
+    )
     model.default_cfg = model.pretrained_cfg
     return model
 
