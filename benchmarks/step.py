@@ -1,14 +1,17 @@
 """Time a training step, inference and peak memory of a SpikingResformer per neuron backend.
 
 Every configuration runs in a fresh subprocess, so peak process memory (RSS on CPU) is its own.
-A configuration is ``backend[:precision[:malloc]]``; ``--backends`` and ``--precision`` build the
-list when ``--configs`` is not given. ``malloc`` is ``tuned`` (the package default, see
-``spikingresformer.runtime``) or ``system`` (glibc defaults, as the official release runs).
+A configuration is ``backend[:precision[:malloc[:mode]]]``; ``--backends`` and ``--precision``
+build the list when ``--configs`` is not given. ``malloc`` is ``tuned`` (what our commands apply, see
+``spikingresformer.runtime``) or ``system`` (glibc defaults, as the official release runs). ``mode``
+is ``eager`` or ``compile`` (``torch.compile(model, fullgraph=True)``; the first warm-up step's
+extra time is reported as the compile time).
 
 Examples::
 
     python benchmarks/step.py --model spikingresformer_cifar --batch-size 16 --T 4 --steps 5
     python benchmarks/step.py --configs reference:fp32:system,fused:bf16,fused:fp32 --json out.json
+    python benchmarks/step.py --configs fused:fp32,fused:fp32:tuned:compile,fused:bf16,fused:bf16:tuned:compile
     python benchmarks/step.py --model spikingresformer_s --img-size 224 --batch-size 32 \\
         --device cuda --precision bf16 --backends reference,fused,triton
 """
@@ -27,11 +30,15 @@ from typing import Any, Dict, List, Optional
 
 def _parse_config(text: str, precision: str, malloc: str) -> Dict[str, str]:
     parts = text.split(":")
-    cfg = {"backend": parts[0], "precision": precision, "malloc": malloc}
+    cfg = {"backend": parts[0], "precision": precision, "malloc": malloc, "mode": "eager"}
     if len(parts) > 1 and parts[1]:
         cfg["precision"] = parts[1]
     if len(parts) > 2 and parts[2]:
         cfg["malloc"] = parts[2]
+    if len(parts) > 3 and parts[3]:
+        cfg["mode"] = parts[3]
+    if cfg["mode"] not in ("eager", "compile"):
+        raise SystemExit(f"unknown mode in {text!r} (eager or compile)")
     if cfg["precision"] not in ("fp32", "bf16", "fp16"):
         raise SystemExit(f"unknown precision in {text!r}")
     if cfg["malloc"] not in ("tuned", "system"):
@@ -57,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-steps", type=int, default=None, help="timed inference passes (default: --steps)")
     p.add_argument("--channels-last", action="store_true", help="channels-last model and input")
     p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile every configuration (as mode=compile)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-infer", action="store_true")
@@ -93,6 +100,7 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
     import spikingresformer as sr
     from spikingresformer import runtime
 
+    runtime.apply_defaults()  # honours SPIKINGRESFORMER_MALLOC=system set by the driver
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -113,7 +121,8 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
         x = x.contiguous(memory_format=torch.channels_last)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    run_model = torch.compile(model) if args.compile else model
+    compiled = args.compile or cfg.get("mode") == "compile"
+    run_model = torch.compile(model, fullgraph=True) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["precision"]]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
@@ -129,6 +138,7 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
     result["malloc_status"] = runtime.malloc_settings()
     result["threads"] = torch.get_num_threads()
     result["rss_after_build_mb"] = _current_rss_mb()
+    first_train = first_infer = None
 
     if not args.no_train:
         model.train()
@@ -145,9 +155,12 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
             scaler.step(opt)
             scaler.update()
             sync()
+            if i == 0:
+                first_train = time.perf_counter() - t0
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
             del loss
+        result["train_first_step_s"] = first_train
         result["train_step_s"] = statistics.median(times)
         result["train_step_min_s"] = min(times)
         result["train_step_times_s"] = times
@@ -169,8 +182,11 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, str]) -> Dict[str, Any]:
                 with autocast():
                     run_model(x)
                 sync()
+                if i == 0:
+                    first_infer = time.perf_counter() - t0
                 if i >= max(1, args.warmup):
                     times.append(time.perf_counter() - t0)
+        result["infer_first_s"] = first_infer
         result["infer_s"] = statistics.median(times)
         result["infer_min_s"] = min(times)
         result["infer_times_s"] = times
@@ -192,13 +208,14 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]]) -> None:
     """Print one row per configuration, with ratios against ``baseline``."""
-    head = (f"{'backend':<10} {'prec':<5} {'malloc':<7} {'train s':>8} {'(min)':>7} {'img/s':>7} {'infer s':>8} "
+    head = (f"{'backend':<10} {'prec':<5} {'malloc':<7} {'mode':<7} {'1st(s)':>7} {'train s':>8} {'(min)':>7} {'img/s':>7} {'infer s':>8} "
             f"{'(min)':>7} {'peak MB':>8} {'x train':>8} {'x infer':>8} {'mem ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
         if "error" in r:
-            print(f"{r['backend']:<10} {r['precision']:<5} {r['malloc']:<7} ERROR: {r['error'][:80]}")
+            print(f"{r['backend']:<10} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
+                  f"ERROR: {r['error'][:80]}")
             continue
         peak = r.get("train_peak_cuda_mb", r.get("train_peak_rss_mb"))
         xs = xi = mem = None
@@ -210,7 +227,9 @@ def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]
                 xi = baseline["infer_s"] / r["infer_s"]
             if peak and bpeak:
                 mem = peak / bpeak
-        print(f"{r['backend']:<10} {r['precision']:<5} {r['malloc']:<7} {_fmt(r.get('train_step_s'), '8.3f')} "
+        first = r.get("train_first_step_s", r.get("infer_first_s"))
+        print(f"{r['backend']:<10} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
+              f"{_fmt(first, '7.1f')} {_fmt(r.get('train_step_s'), '8.3f')} "
               f"{_fmt(r.get('train_step_min_s'), '7.3f')} {_fmt(r.get('train_img_per_s'), '7.1f')} "
               f"{_fmt(r.get('infer_s'), '8.3f')} {_fmt(r.get('infer_min_s'), '7.3f')} {_fmt(peak, '8.0f')} "
               f"{_fmt(xs, '8.2f')} {_fmt(xi, '8.2f')} {_fmt(mem, '9.2f')}")
