@@ -142,7 +142,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_planes: int, out_planes: int, neuron: str = "lif", backend: Optional[str] = None):
         super().__init__()
-        self.conv = SeqConv2d(in_planes, out_planes, 3, stride=2, padding=1, bias=False)
+        self.conv = SeqConv2d(in_planes, out_planes, 3, stride=2, padding=1, bias=False, spike_input=True)
         self.norm = SeqBatchNorm2d(out_planes)
         self.activation = build_neuron(neuron, backend)
 
@@ -195,13 +195,13 @@ class DSSA(nn.Module):
         self._freeze_rates = False  # set while activation checkpointing recomputes the block
 
         self.activation_in = build_neuron(neuron, backend)
-        self.W = SeqConv2d(dim, dim * 2, patch_size, stride=patch_size, bias=False)
+        self.W = SeqConv2d(dim, dim * 2, patch_size, stride=patch_size, bias=False, spike_input=True)
         self.norm = SeqBatchNorm2d(dim * 2)
         self.matmul1 = SpikingMatmul("right")
         self.matmul2 = SpikingMatmul("right")
         self.activation_attn = build_neuron(neuron, backend)
         self.activation_out = build_neuron(neuron, backend)
-        self.Wproj = SeqConv2d(dim, dim, 1, bias=False)
+        self.Wproj = SeqConv2d(dim, dim, 1, bias=False, spike_input=True)
         self.norm_proj = SeqBatchNorm2d(dim)
 
     @property
@@ -275,18 +275,20 @@ class GWFFN(nn.Module):
         if inner % group_size != 0:
             raise ValueError(f"GWFFN inner width {inner} must be divisible by group_size {group_size}")
         self.up = nn.Sequential(
-            build_neuron(neuron, backend), SeqConv2d(dim, inner, 1, bias=False), SeqBatchNorm2d(inner)
+            build_neuron(neuron, backend), SeqConv2d(dim, inner, 1, bias=False, spike_input=True),
+            SeqBatchNorm2d(inner),
         )
         self.conv = nn.ModuleList(
             nn.Sequential(
                 build_neuron(neuron, backend),
-                SeqConv2d(inner, inner, 3, padding=1, groups=inner // group_size, bias=False),
+                SeqConv2d(inner, inner, 3, padding=1, groups=inner // group_size, bias=False, spike_input=True),
                 SeqBatchNorm2d(inner),
             )
             for _ in range(num_conv)
         )
         self.down = nn.Sequential(
-            build_neuron(neuron, backend), SeqConv2d(inner, dim, 1, bias=False), SeqBatchNorm2d(dim)
+            build_neuron(neuron, backend), SeqConv2d(inner, dim, 1, bias=False, spike_input=True),
+            SeqBatchNorm2d(dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,6 +324,9 @@ class SpikingResformer(nn.Module):
         neuron_backend: force a neuron backend (``None`` = automatic, see ``neurons.backends``).
         ffn_ratio: GWFFN expansion ratio.
         sync_firing_rates: average DSSA firing rates over ranks under ``torch.distributed``.
+        global_pool: ``"avg"`` (global average pooling before the classifier) or ``""`` (none).
+        save_spikes_as_bits: keep the spike inputs of convolutions and DSSA products at one bit per
+            element for backward (same gradients, less memory; see :meth:`set_spike_saving`).
         memory_format: layout of the feature maps: ``"contiguous"``, ``"channels_last"`` (time and
             batch outermost, channels innermost) or ``"auto"`` (channels-last under CPU bfloat16
             autocast, where it is faster). Results are the same up to floating-point rounding.
@@ -350,6 +355,7 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: bool = True,
         memory_format: str = "auto",
         global_pool: str = "avg",
+        save_spikes_as_bits: bool = True,
         **kwargs: Any,
     ):
         super().__init__()
@@ -421,6 +427,13 @@ class SpikingResformer(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.classifier: nn.Module = SeqLinear(planes[-1], num_classes, bias=False) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        self.set_spike_saving(save_spikes_as_bits)
+
+    def set_spike_saving(self, as_bits: bool = True) -> None:
+        """Keep spike inputs for backward as bits (``True``) or in their dtype, as autograd would."""
+        for m in self.modules():
+            if hasattr(m, "save_spikes_as_bits"):
+                m.save_spikes_as_bits = bool(as_bits)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
