@@ -36,15 +36,15 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
-    """Open a binary file that replaces ``path`` only when the ``with`` block ends without error."""
-    path = Path(path)
+def _replacing(path: Path) -> Iterator[str]:
+    """A fresh temporary file name beside ``path``; after the block it is synced and renamed over
+    ``path``, or deleted if the block raised."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -54,6 +54,13 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
+    """Open a binary file that replaces ``path`` only when the ``with`` block ends without error."""
+    with _replacing(Path(path)) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview]) -> Path:
@@ -68,23 +75,9 @@ def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
 
     ``write(tmp_name)`` must write the whole file to ``tmp_name``; it is then synced and renamed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(Path(path)) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return Path(path)
 
 
 def remove_orphans(folder: PathLike, name: str = "*") -> list[Path]:
