@@ -454,6 +454,25 @@ def test_corrupt_gesture_labels(tmp_path):
         DVS128Gesture(root, True, T=4)
 
 
+def test_zero_event_recordings_are_rejected_alike(tmp_path):
+    cache = tmp_path / "cache"
+    make_cifar10dvs(tmp_path / "c", ids=[0, 1], n_events=5)
+    ds = CIFAR10DVS(tmp_path / "c", False, T=4, cache_dir=str(cache))
+    write_cifar_aedat(ds.path(0), [])  # a valid header and no events
+    with pytest.raises(EventFileError, match="recording holds no events") as e:
+        ds[0]
+    assert e.value.path == str(ds.path(0))
+    make_gesture(tmp_path / "g")
+    rec = tmp_path / "g" / "user24_natural.aedat"
+    te = DVS128Gesture(tmp_path / "g", False, T=4, cache_dir=str(cache))
+    for blob in (AEDAT31_HEADER, AEDAT31_HEADER + struct.pack("<hhiiiiii", 0, 1, 8, 4, 0, 1, 1, 1) + bytes(8)):
+        rec.write_bytes(blob)  # no packets at all, or only a non-polarity one
+        with pytest.raises(EventFileError, match="recording holds no polarity events") as e:
+            te[0]
+        assert e.value.path == str(rec)
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
 # ------------------------------------------------------------------------------------------------
 # DVS augment
 # ------------------------------------------------------------------------------------------------
