@@ -496,6 +496,35 @@ def test_dvs_augment_same_for_every_frame():
     assert torch.equal(flip_roll0(x), torch.flip(x, dims=(-1,)))
 
 
+def test_random_shift_moves_every_frame_alike_and_fills_the_gap():
+    from spikingresformer.data import Digits, RandomShift
+    from spikingresformer.data.digits import DIGITS_MEAN, DIGITS_STD
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6) + 1
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(60):
+        state = torch.get_rng_state()
+        y = RandomShift(2, fill=-7.0)(x)
+        torch.set_rng_state(state)
+        dy, dx = torch.randint(-2, 3, (2,)).tolist()  # the draw the shift made
+        seen.add((dy, dx))
+        for r in range(5):
+            for c in range(6):
+                inside = 0 <= r - dy < 5 and 0 <= c - dx < 6
+                want = x[..., r - dy, c - dx] if inside else torch.full((2, 3), -7.0)
+                assert torch.equal(y[..., r, c], want)
+    assert len(seen) > 15  # many of the 25 offsets occur
+    assert torch.equal(RandomShift(0)(x), x)
+    far = [RandomShift(40, fill=-1.0)(x) for _ in range(10)]  # offsets beyond the image: all fill, no error
+    assert any(torch.equal(y, torch.full_like(x, -1.0)) for y in far) and all(y.shape == x.shape for y in far)
+    with pytest.raises(ValueError, match="max_shift"):
+        RandomShift(-1)
+    ds = Digits(train=True, img_size=8, augment=True, max_shift=1)
+    assert isinstance(ds.transform, RandomShift) and ds.transform.fill == pytest.approx(-DIGITS_MEAN / DIGITS_STD)
+    assert Digits(train=True, img_size=8, augment=False).transform is None
+
+
 # ------------------------------------------------------------------------------------------------
 # Offline event data and the registry
 # ------------------------------------------------------------------------------------------------
