@@ -24,7 +24,7 @@ training seed keeps the data). ``augment`` applies to the training part only.
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, NoReturn, Optional, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
@@ -33,7 +33,7 @@ from .registry import DatasetInfo, register_dataset
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 
 
-def _fail(dataset: str, option: str, value: Any, allowed: str) -> None:
+def _fail(dataset: str, option: str, value: Any, allowed: str) -> NoReturn:
     raise ValueError(f"{dataset}: option {option} = {value!r} is not allowed; expected {allowed}")
 
 

@@ -137,15 +137,15 @@ class FrameCache:
     def load(self, key: str, source: str, shape: Sequence[int]) -> Optional[np.ndarray]:
         """Cached frames of ``key`` if present, made from the same ``source`` stamp and of ``shape``; else None."""
         path = self.path(key)
-        if not path.is_file():
-            return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 stamp, T = str(z["source"]), int(z["T"])
                 if stamp != source:
                     return None  # the source changed since: frame it again
                 frames = z["frames"]
-        except Exception as e:  # any unreadable entry (truncated zip, bad CRC, missing array, ...)
+        except FileNotFoundError:  # not cached yet (or just removed by another process)
+            return None
+        except Exception as e:  # any unreadable entry (truncated zip, bad CRC, missing array, a folder, ...)
             return self._reject(path, f"cannot be read ({type(e).__name__}: {e})")
         problem = _entry_problem(frames, T, self.T, tuple(shape))
         if problem is not None:
@@ -159,6 +159,7 @@ class FrameCache:
 
     @staticmethod
     def _reject(path: Path, problem: str) -> None:
+        """Warn that the entry at ``path`` is unusable, and delete it so that it is framed again."""
         warnings.warn(f"frame cache entry {path} {problem}; framing its source again", FrameCacheWarning,
                       stacklevel=3)
         try:
