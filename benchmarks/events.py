@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/events.py [--events 1000000] [--T 16] [--repeat 3]``. Prints events per
 second for reading alone and for reading + framing (split by number into T [2, 128, 128] frames),
-best of ``--repeat`` runs.
+and the time to read those frames back from the frame cache (checks included), best of ``--repeat``
+runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable, Tuple
 import numpy as np
 
 from spikingresformer.data.aedat import cifar10dvs_address, read_aedat31, read_cifar10dvs, write_aedat2, write_aedat31
-from spikingresformer.data.framing import events_to_frames
+from spikingresformer.data.framing import FrameCache, events_to_frames, source_stamp
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -61,6 +62,11 @@ def main() -> None:
             print(f"{label}: {n:,} events, {path.stat().st_size / 1e6:.1f} MB")
             print(f"  read            {t_read * 1e3:8.1f} ms  {n / t_read / 1e6:7.1f} M events/s")
             print(f"  read + frame T={T:<2d} {t_all * 1e3:6.1f} ms  {n / t_all / 1e6:7.1f} M events/s")
+            cache = FrameCache("bench", tmp, T, cache_dir=str(Path(tmp) / "cache"))
+            stamp = source_stamp(path)
+            cache.store(path.stem, stamp, events_to_frames(reader(path), T))
+            t_hit = _best(lambda: cache.load(path.stem, source_stamp(path), (T, 2, 128, 128)), args.repeat)
+            print(f"  frame-cache hit  {t_hit * 1e3:7.1f} ms  (stamp, load and checks)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from spikingresformer.data import (
     images_to_events,
     read_aedat31,
     read_cifar10dvs,
-    split_by_number_bounds,
     write_aedat2,
     write_aedat31,
 )
@@ -208,8 +207,8 @@ def test_frames_equal_loop_integration(n, T):
     frames = events_to_frames(ev, T)
     assert frames.shape == (T, 2, 128, 128)
     assert np.array_equal(frames.astype(np.int64), loop_frames(events, T))
-    starts, ends = split_by_number_bounds(n, T)
-    assert ends[-1] == n and all(ends[:-1] - starts[:-1] == n // T)
+    per_frame = frames.reshape(T, -1).sum(axis=1)  # N // T events per frame, the remainder in the last
+    assert per_frame[:-1].tolist() == [n // T] * (T - 1) and per_frame[-1] == n - (T - 1) * (n // T)
 
 
 def test_model_input_channels_and_resize():
@@ -273,32 +272,42 @@ def test_cifar10dvs_splits_members_and_sizes(tmp_path):
         CIFAR10DVS(tmp_path / "low", True, 4, split="first100")
 
 
+def counting(monkeypatch, name: str) -> List[str]:
+    """Replace reader ``name`` of the aedat module by a wrapper that records the files it reads."""
+    calls: List[str] = []
+    real = getattr(aedat_mod, name)
+
+    def wrapper(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(aedat_mod, name, wrapper)
+    return calls
+
+
 def test_cifar10dvs_frames_and_cache(tmp_path, monkeypatch):
     written = make_cifar10dvs(tmp_path / "c", ids=[0, 1, 2], n_events=30)
     cache = str(tmp_path / "cache")
-    ds = CIFAR10DVS(tmp_path / "c", False, T=5, split="official", size=None, cache_dir=cache)
+    reads = counting(monkeypatch, "read_cifar10dvs")
+    ds = CIFAR10DVS(tmp_path / "c", False, T=5, split="official", img_size=None, cache_dir=cache)
     assert len(ds) == 10  # 3 files per class: 2 train, 1 test
     x, label = ds[3]
     rel = ds.samples[3][0]
     assert label == 3 and rel.startswith("cat/")
     assert x.shape == (5, 3, 128, 128) and x.dtype == torch.float32
+    assert reads == [Path(rel).name]
     assert as_tuples(ds.events(3)) == written[rel]
     ref = loop_frames(written[rel], 5)
     assert np.array_equal(x[:, :2].numpy(), ref.astype(np.float32))
     assert torch.equal(x[:, 2], x[:, 0] + x[:, 1])
-    assert ds.cache.misses == 1 and ds.cache.hits == 0
-
-    def broken(path):
-        raise AssertionError(f"the reader ran again for {path}")
-
-    monkeypatch.setattr(aedat_mod, "read_cifar10dvs", broken)
+    reads.clear()
     x2, _ = ds[3]
-    assert torch.equal(x, x2) and ds.cache.hits == 1
-    fresh = CIFAR10DVS(tmp_path / "c", False, T=5, size=32, cache_dir=cache)  # another process, resized
+    assert torch.equal(x, x2) and reads == []  # from the cache
+    fresh = CIFAR10DVS(tmp_path / "c", False, T=5, img_size=32, cache_dir=cache)  # another process, resized
     y, _ = fresh[3]
-    assert y.shape == (5, 3, 32, 32) and fresh.cache.hits == 1
-    with pytest.raises(AssertionError, match="reader ran again"):
-        CIFAR10DVS(tmp_path / "c", False, T=6, cache_dir=cache)[3]  # another T is another cache entry
+    assert y.shape == (5, 3, 32, 32) and reads == []
+    CIFAR10DVS(tmp_path / "c", False, T=6, cache_dir=cache)[3]  # another T is another cache entry
+    assert reads == [Path(rel).name]
 
 
 def test_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
@@ -345,7 +354,8 @@ def test_gesture_segments_frames_and_cache(tmp_path, monkeypatch):
     written = make_gesture(tmp_path / "DvsGesture")
     cache = str(tmp_path / "cache")
     tr = DVS128Gesture(tmp_path / "DvsGesture", True, T=4, cache_dir=cache)
-    te = DVS128Gesture(tmp_path / "DvsGesture", False, T=4, size=64, cache_dir=cache)
+    te = DVS128Gesture(tmp_path / "DvsGesture", False, T=4, img_size=64, cache_dir=cache)
+    reads = counting(monkeypatch, "read_aedat31")
     assert len(tr) == 5 and len(te) == 3
     assert tr.targets == [gesture_index(c) for c in (1, 11, 3, 2, 10)] == [0, 2, 3, 1, 10]
     assert te.targets == [2, 5, 0]
@@ -355,14 +365,13 @@ def test_gesture_segments_frames_and_cache(tmp_path, monkeypatch):
         x, y = tr[i]
         assert y == label and x.shape == (4, 3, 128, 128)
         assert np.array_equal(x[:, :2].numpy(), loop_frames(seg, 4).astype(np.float32))
-    # converting the first segment of a recording cached all of its segments
-    assert tr.cache.misses == 2 and tr.cache.hits == 3
-    monkeypatch.setattr(aedat_mod, "read_aedat31", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reread")))
+    # tr.events(i) reads each time; tr[i] read each recording once: its first segment cached them all
+    assert reads.count("user01_fluorescent.aedat") == 3 + 1 and reads.count("user01_led.aedat") == 2 + 1
+    reads.clear()
     again = DVS128Gesture(tmp_path / "DvsGesture", True, T=4, cache_dir=cache)
     for i in range(len(again)):
         again[i]
-    assert again.cache.hits == 5 and again.cache.misses == 0
-    monkeypatch.undo()
+    assert reads == []
     x, y = te[1]
     assert x.shape == (4, 3, 64, 64) and y == 5
 
@@ -445,6 +454,25 @@ def test_corrupt_gesture_labels(tmp_path):
         DVS128Gesture(root, True, T=4)
 
 
+def test_zero_event_recordings_are_rejected_alike(tmp_path):
+    cache = tmp_path / "cache"
+    make_cifar10dvs(tmp_path / "c", ids=[0, 1], n_events=5)
+    ds = CIFAR10DVS(tmp_path / "c", False, T=4, cache_dir=str(cache))
+    write_cifar_aedat(ds.path(0), [])  # a valid header and no events
+    with pytest.raises(EventFileError, match="recording holds no events") as e:
+        ds[0]
+    assert e.value.path == str(ds.path(0))
+    make_gesture(tmp_path / "g")
+    rec = tmp_path / "g" / "user24_natural.aedat"
+    te = DVS128Gesture(tmp_path / "g", False, T=4, cache_dir=str(cache))
+    for blob in (AEDAT31_HEADER, AEDAT31_HEADER + struct.pack("<hhiiiiii", 0, 1, 8, 4, 0, 1, 1, 1) + bytes(8)):
+        rec.write_bytes(blob)  # no packets at all, or only a non-polarity one
+        with pytest.raises(EventFileError, match="recording holds no polarity events") as e:
+            te[0]
+        assert e.value.path == str(rec)
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
 # ------------------------------------------------------------------------------------------------
 # DVS augment
 # ------------------------------------------------------------------------------------------------
@@ -466,6 +494,32 @@ def test_dvs_augment_same_for_every_frame():
     g = torch.Generator().manual_seed(3)
     flip_roll0 = DVSAugment(flip_p=1.0, roll=0.0, degrees=0.0, cutout=0.0, generator=g)
     assert torch.equal(flip_roll0(x), torch.flip(x, dims=(-1,)))
+
+
+def test_random_shift_moves_every_frame_alike_and_fills_the_gap():
+    from spikingresformer.data import Digits, RandomShift
+    from spikingresformer.data.digits import DIGITS_MEAN, DIGITS_STD
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6) + 1
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(60):
+        state = torch.get_rng_state()
+        y = RandomShift(2, fill=-7.0)(x)
+        torch.set_rng_state(state)
+        dy, dx = torch.randint(-2, 3, (2,)).tolist()  # the draw the shift made
+        seen.add((dy, dx))
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-7.0)  # out[r, c] = x[r - dy, c - dx] or fill
+        assert torch.equal(y, padded[..., 2 - dy : 7 - dy, 2 - dx : 8 - dx])
+    assert len(seen) > 15  # many of the 25 offsets occur
+    assert torch.equal(RandomShift(0)(x), x)
+    far = [RandomShift(40, fill=-1.0)(x) for _ in range(10)]  # offsets beyond the image: all fill, no error
+    assert any(torch.equal(y, torch.full_like(x, -1.0)) for y in far) and all(y.shape == x.shape for y in far)
+    with pytest.raises(ValueError, match="max_shift"):
+        RandomShift(-1)
+    ds = Digits(train=True, img_size=8, augment=True, max_shift=1)
+    assert isinstance(ds.transform, RandomShift) and ds.transform.fill == pytest.approx(-DIGITS_MEAN / DIGITS_STD)
+    assert Digits(train=True, img_size=8, augment=False).transform is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -497,31 +551,34 @@ def test_event_digits_dataset(tmp_path):
     assert len(ds) == 360
     x, y = ds[0]
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and 0 <= y < 10
+    assert torch.equal(x, frames_to_input(ds.frames(0)))
     again = EventDigits(False, T=4, seed=0, img_size=32, cache_dir=str(tmp_path))  # from the cache
-    assert torch.equal(again.frames, ds.frames) and again[0][0].shape == (4, 3, 32, 32)
+    assert all(np.array_equal(again.frames(i), ds.frames(i)) for i in range(len(ds)))
+    assert again[0][0].shape == (4, 3, 32, 32)
     for i in (0, 123):  # frames are the split-by-number framing of the simulated events
-        assert np.array_equal(events_to_frames(ds.events(i), 4, 16, 16), ds.frames[i].numpy())
+        assert np.array_equal(events_to_frames(ds.events(i), 4, 16, 16), ds.frames(i))
 
 
 def test_build_dataset_event_names(tmp_path):
     make_cifar10dvs(tmp_path / "c", ids=[0, 1, 100], n_events=20)
     make_gesture(tmp_path / "g")
-    opts = dict(img_size=32, T=4, augment=True, aa=None, interpolation="bicubic", crop_pct=1.0, mean=None,
-                std=None, reprob=0.0, cifar10dvs_split="first100", cache_dir=str(tmp_path / "cache"), seed=1)
-    for name, root, n_classes in [("cifar10dvs", tmp_path / "c", 10), ("dvs128gesture", tmp_path / "g", 11),
-                                  ("event-digits", None, 10)]:
+    opts = dict(img_size=32, T=4, augment=True, cache_dir=str(tmp_path / "cache"), seed=1)
+    for name, root, n_classes, extra in [("cifar10dvs", tmp_path / "c", 10, dict(cifar10dvs_split="first100")),
+                                         ("dvs128gesture", tmp_path / "g", 11, {}), ("event-digits", None, 10, {})]:
         for train in (True, False):
-            ds, info = build_dataset(name, root and str(root), train, **opts)
+            ds, info = build_dataset(name, root and str(root), train, **opts, **extra)
             x, y = ds[0]
             assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
             assert info.event and not info.mixup_ok and info.num_classes == n_classes and info.in_chans == 3
             assert info.split
-    _, info = build_dataset("cifar10dvs", str(tmp_path / "c"), False, **opts)
+    _, info = build_dataset("cifar10dvs", str(tmp_path / "c"), False, **opts, cifar10dvs_split="first100")
     assert info.split == "cifar10dvs:first100"
-    # DVS augment: training only, on unless the recipe's dvs_augment switches it off
-    assert isinstance(build_dataset("cifar10dvs", str(tmp_path / "c"), True, **opts)[0].transform, DVSAugment)
-    assert build_dataset("cifar10dvs", str(tmp_path / "c"), False, **opts)[0].transform is None
-    no_aug = build_dataset("dvs128gesture", str(tmp_path / "g"), True, **dict(opts, dvs_augment=False))[0]
-    assert no_aug.transform is None
-    ds, info = build_dataset("digits", None, True, **opts)
+    # DVS augment: training only, and only with dvs_augment (the recipe's default is off)
+    assert build_dataset("cifar10dvs", str(tmp_path / "c"), True, **opts)[0].transform is None
+    on = dict(opts, dvs_augment=True)
+    assert isinstance(build_dataset("cifar10dvs", str(tmp_path / "c"), True, **on)[0].transform, DVSAugment)
+    assert build_dataset("cifar10dvs", str(tmp_path / "c"), False, **on)[0].transform is None
+    assert build_dataset("cifar10dvs", str(tmp_path / "c"), True, **dict(on, augment=False))[0].transform is None
+    assert isinstance(build_dataset("dvs128gesture", str(tmp_path / "g"), True, **on)[0].transform, DVSAugment)
+    ds, info = build_dataset("digits", None, True, img_size=32, T=4, augment=True, seed=1)
     assert ds[0][0].shape == (1, 32, 32) and not info.event

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from spikingresformer.data import CIFAR10, CIFAR100, DatasetNotFoundError, build_dataset, dataset_names
-from spikingresformer.data.images import CIFAR_MEAN, CIFAR_STD
+from spikingresformer.data.images import CIFAR10_MEAN, CIFAR10_STD
 
 OPTS = dict(img_size=32, T=4, augment=True, aa="rand-m7-n1-mstd0.5-inc1", interpolation="bicubic", crop_pct=None,
-            mean=None, std=None, reprob=0.25, cifar10dvs_split="official", cache_dir=None, seed=0)
+            mean=None, std=None, reprob=0.25, seed=0)
 
 
 def _batch(rng: np.random.Generator, n: int, n_classes: int, fine: bool) -> dict:
@@ -93,7 +93,7 @@ def test_cifar_build_train_and_eval(tmp_path):
     x, y = ev[0]
     raw = CIFAR10(tmp_path / "c10", train=False)
     img = torch.from_numpy(np.asarray(raw[0][0]).copy()).permute(2, 0, 1).float() / 255
-    ref = (img - torch.tensor(CIFAR_MEAN)[:, None, None]) / torch.tensor(CIFAR_STD)[:, None, None]
+    ref = (img - torch.tensor(CIFAR10_MEAN)[:, None, None]) / torch.tensor(CIFAR10_STD)[:, None, None]
     assert torch.allclose(x, ref, atol=1e-5)  # eval at 32 with crop 1.0: just normalised
     ds, info = build_dataset("cifar100", str(tmp_path / "c100"), True, **dict(OPTS, img_size=48))
     assert ds[0][0].shape == (3, 48, 48) and info.num_classes == 100

@@ -1,20 +1,21 @@
 """Data sets: images, event-camera recordings and offline data, built by name from recipes.
 
 ``build_dataset(name, root, train, **options)`` builds any of: cifar10, cifar100, imagenet,
-cifar10dvs, dvs128gesture, digits, event-digits (see :mod:`.builders` for each one's options).
+cifar10dvs, dvs128gesture, digits, event-digits (see :mod:`.builders` for each one's options, and
+``docs/data.md`` for the data protocols and the frame cache).
 """
 
 from . import builders as _builders  # noqa: F401  (registers the data sets)
 from .aedat import Events, read_aedat2_raw, read_aedat31, read_cifar10dvs, write_aedat2, write_aedat31
-from .augment import DVSAugment
+from .augment import DVSAugment, RandomShift
 from .cifar10dvs import CIFAR10DVS, CIFAR10DVS_CLASSES
 from .digits import Digits
 from .dvs128gesture import DVS128Gesture, GESTURE_CLASSES, INDEX_TO_GESTURE_ID, gesture_index, read_gesture_labels
-from .errors import DatasetNotFoundError, EventFileError
-from .event_digits import EventDigits, RandomShift
-from .framing import FrameCache, events_to_frames, frames_to_input, split_by_number_bounds
+from .errors import DatasetNotFoundError, EventFileError, FrameCacheWarning
+from .event_digits import EventDigits
+from .framing import FRAME_CACHE_ENV, FrameCache, events_to_frames, frames_to_input
 from .images import CIFAR10, CIFAR100, build_image_transform, imagenet_folder
-from .registry import DatasetInfo, build_dataset, dataset_names, register_dataset
+from .registry import DatasetInfo, build_dataset, dataset_names, dataset_options, register_dataset
 from .saccades import SaccadeDVSConfig, images_to_events
 
 __all__ = [
@@ -30,7 +31,9 @@ __all__ = [
     "EventDigits",
     "EventFileError",
     "Events",
+    "FRAME_CACHE_ENV",
     "FrameCache",
+    "FrameCacheWarning",
     "GESTURE_CLASSES",
     "INDEX_TO_GESTURE_ID",
     "RandomShift",
@@ -38,6 +41,7 @@ __all__ = [
     "build_dataset",
     "build_image_transform",
     "dataset_names",
+    "dataset_options",
     "events_to_frames",
     "frames_to_input",
     "gesture_index",
@@ -48,7 +52,6 @@ __all__ = [
     "read_cifar10dvs",
     "read_gesture_labels",
     "register_dataset",
-    "split_by_number_bounds",
     "write_aedat2",
     "write_aedat31",
 ]

@@ -1,5 +1,6 @@
-"""DVS augmentation (SPEC section 8) on ``[T, C, H, W]`` frame tensors, the same for every frame.
+"""Sample augmentations: the DVS augment of the event data sets and the small random shift of the digits.
 
+**DVS augment** on ``[T, C, H, W]`` frame tensors, the same for every frame (see ``docs/data.md``).
 Horizontal flip with probability 0.5, then exactly one of (chosen uniformly):
 
 - roll: ``torch.roll`` by integer offsets drawn uniformly from ``[-int(H/3), int(H/3)]`` (rows) and
@@ -21,7 +22,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-__all__ = ["DVSAugment"]
+__all__ = ["DVSAugment", "RandomShift"]
 
 
 class DVSAugment:
@@ -76,3 +77,37 @@ class DVSAugment:
             f"DVSAugment(flip_p={self.flip_p}, roll={self.roll:.3g}, degrees={self.degrees}, "
             f"cutout={self.cutout:.3g})"
         )
+
+
+class RandomShift:
+    """Shift the last two axes by up to ``max_shift`` px in y and x at random, filling the gap with ``fill``.
+
+    One offset pair ``(dy, dx)``, each uniform in ``[-max_shift, max_shift]``, is drawn from torch's
+    generator per call and applied to every leading index (all T frames, all channels) alike: pixel
+    ``(y, x)`` of the result is pixel ``(y - dy, x - dx)`` of the input, or ``fill`` where that lies
+    outside. Used by ``digits`` (fill = the normalised background) and ``event-digits`` (fill 0).
+    """
+
+    def __init__(self, max_shift: int = 1, fill: float = 0.0) -> None:
+        if not isinstance(max_shift, int) or isinstance(max_shift, bool) or max_shift < 0:
+            raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
+        self.max_shift = max_shift
+        self.fill = float(fill)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Shift one sample (any shape ``[..., H, W]``)."""
+        m = self.max_shift
+        if m == 0:
+            return x
+        dy, dx = torch.randint(-m, m + 1, (2,)).tolist()
+        H, W = x.shape[-2:]
+        out = torch.full_like(x, self.fill)
+        if abs(dy) >= H or abs(dx) >= W:  # shifted out entirely
+            return out
+        src_y, dst_y = slice(max(0, -dy), H - max(0, dy)), slice(max(0, dy), H - max(0, -dy))
+        src_x, dst_x = slice(max(0, -dx), W - max(0, dx)), slice(max(0, dx), W - max(0, -dx))
+        out[..., dst_y, dst_x] = x[..., src_y, src_x]
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomShift(max_shift={self.max_shift}, fill={self.fill:g})"

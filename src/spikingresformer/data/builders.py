@@ -1,130 +1,194 @@
 """Registered builders: every data set a recipe can name, from ``build_dataset(name, root, train, **options)``.
 
-Options each builder reads (all others are ignored):
+Every builder accepts ``img_size``, ``T``, ``augment`` and ``seed``; an option a data set cannot use
+is an error (see :func:`~.registry.build_dataset`). Options and defaults:
 
-- ``cifar10`` / ``cifar100``: img_size (32), augment (True), aa, interpolation ('bicubic'),
-  crop_pct (1.0), mean/std (CIFAR's), reprob (0.0), plus optional timm ``create_transform``
-  keywords scale, ratio, hflip, color_jitter.
-- ``imagenet``: the same with img_size 224, crop_pct 0.95, timm's ImageNet mean/std.
-- ``cifar10dvs``: T (16), img_size (None = 128), augment (True), dvs_augment (None = follow
-  ``augment``; DVS augment is applied when training and ``augment and dvs_augment``),
+- ``cifar10`` / ``cifar100``: img_size (32), augment (True), aa (None), reprob (0.0),
+  interpolation ('bicubic'), crop_pct (None = 1.0), mean / std (None = the data set's own).
+- ``imagenet``: the same with img_size 224, crop_pct 0.95 and timm's ImageNet mean / std.
+- ``cifar10dvs``: img_size (None = 128), T (16), augment (True), dvs_augment (False),
   cifar10dvs_split ('official' | 'first100' | 'random:<seed>'), cache_dir (None =
-  ``$SPIKINGRESFORMER_CACHE`` or ``~/.cache/spikingresformer``).
-- ``dvs128gesture``: T (16), img_size (None = 128), augment (True), dvs_augment (None), cache_dir.
-- ``event-digits``: T (8), img_size (None = sensor_size), augment (True: random shift by up to
-  max_shift px when training; with dvs_augment=True the full DVS augment instead), data_seed (0),
-  sensor_size (16), digit_size (12), max_shift (1), cache_dir. The training seed ``seed`` is
-  deliberately not used: the data depend on data_seed only.
+  ``$SPIKINGRESFORMER_FRAME_CACHE`` or ``~/.cache/spikingresformer``).
+- ``dvs128gesture``: img_size (None = 128), T (16), augment (True), dvs_augment (False), cache_dir.
+- ``digits``: img_size (16), augment (True: random shift by up to max_shift px), max_shift (1).
+- ``event-digits``: img_size (None = sensor_size), T (8), augment (True: random shift by up to
+  max_shift px, or the DVS augment instead with dvs_augment=True), dvs_augment (False), data_seed (0),
+  sensor_size (16), digit_size (12), max_shift (1), cache_dir.
+
+Options accepted but ignored, and why: ``T`` by the image data sets (the model repeats an image over
+the T steps itself); ``seed`` by all of them (random augmentation draws from torch's generator, which
+the training loop seeds; the event-digits data depend on ``data_seed`` alone, so that changing the
+training seed keeps the data). ``augment`` applies to the training part only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from numbers import Real
+from typing import Any, NoReturn, Optional, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
 from .registry import DatasetInfo, register_dataset
 
-_TIMM_EXTRA = ("scale", "ratio", "hflip", "vflip", "color_jitter", "train_crop_mode")
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 
 
-def _dvs_aug(train: bool, augment: bool, dvs_augment: Optional[bool]) -> bool:
-    return bool(train and augment and (True if dvs_augment is None else dvs_augment))
+def _fail(dataset: str, option: str, value: Any, allowed: str) -> NoReturn:
+    raise ValueError(f"{dataset}: option {option} = {value!r} is not allowed; expected {allowed}")
 
 
-def _timm_extra(options: dict) -> dict:
-    return {k: options[k] for k in _TIMM_EXTRA if options.get(k) is not None}
+def _int(dataset: str, option: str, value: Any, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(dataset, option, value, f"an integer of at least {low}" + (" or null" if optional else ""))
 
 
-def _image_transform(train: bool, img_size: int, augment: bool, mean: Sequence[float], std: Sequence[float],
-                     aa: Optional[str], interpolation: str, crop_pct: float, reprob: float, options: dict):
+def _flag(dataset: str, option: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(dataset, option, value, "true or false")
+
+
+def _check_common(dataset: str, img_size: Any, augment: Any, img_size_optional: bool) -> None:
+    # T is checked by the event data sets themselves (and ignored by the image ones)
+    _int(dataset, "img_size", img_size, 1, optional=img_size_optional)
+    _flag(dataset, "augment", augment)
+
+
+def _image_transform(dataset: str, train: bool, img_size: int, augment: bool, aa: Optional[str], reprob: float,
+                     interpolation: str, crop_pct: float, mean: Sequence[float], std: Sequence[float]):
     from .images import build_image_transform
 
+    if aa is not None and not isinstance(aa, str):
+        _fail(dataset, "aa", aa, "a timm RandAugment string such as 'rand-m9-n1-mstd0.4-inc1', or null")
+    if isinstance(reprob, bool) or not isinstance(reprob, Real) or not 0.0 <= reprob <= 1.0:
+        _fail(dataset, "reprob", reprob, "a probability in [0, 1]")
+    if interpolation not in _INTERPOLATIONS:
+        _fail(dataset, "interpolation", interpolation, f"one of {', '.join(_INTERPOLATIONS)}")
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, Real) or not 0.0 < crop_pct <= 1.0:
+        _fail(dataset, "crop_pct", crop_pct, "a fraction in (0, 1]")
+    for option, values, positive in (("mean", mean, False), ("std", std, True)):
+        if len(values) != 3 or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values) or (
+            positive and min(values) <= 0
+        ):
+            _fail(dataset, option, values, "three " + ("positive " if positive else "") + "numbers, one per channel")
     return build_image_transform(
         img_size, is_training=bool(train and augment), mean=mean, std=std, aa=aa, interpolation=interpolation,
-        crop_pct=crop_pct, reprob=reprob, **(_timm_extra(options) if train and augment else {}),
+        crop_pct=crop_pct, reprob=reprob,
     )
 
 
-def _cifar(kind: str, root: Optional[str], train: bool, img_size: int, augment: bool, aa: Optional[str],
-           interpolation: str, crop_pct: Optional[float], mean, std, reprob: float, options: dict):
+def _cifar(kind: str, root: Optional[str], train: bool, img_size: int, augment: bool,
+           aa: Optional[str], reprob: float, interpolation: str, crop_pct: Optional[float],
+           mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> Tuple[Dataset, DatasetInfo]:
     from . import images
 
+    _check_common(kind, img_size, augment, img_size_optional=False)
     if kind == "cifar10":
-        cls, n, d_mean, d_std = images.CIFAR10, 10, images.CIFAR_MEAN, images.CIFAR_STD
+        cls, n, d_mean, d_std = images.CIFAR10, 10, images.CIFAR10_MEAN, images.CIFAR10_STD
     else:
         cls, n, d_mean, d_std = images.CIFAR100, 100, images.CIFAR100_MEAN, images.CIFAR100_STD
-    tf = _image_transform(train, img_size, augment, mean or d_mean, std or d_std, aa, interpolation,
-                          1.0 if crop_pct is None else crop_pct, reprob, options)
+    tf = _image_transform(kind, train, img_size, augment, aa, reprob, interpolation,
+                          1.0 if crop_pct is None else crop_pct, mean or d_mean, std or d_std)
     ds = cls(root, train=train, transform=tf)
     return ds, DatasetInfo(kind, n, 3, event=False, mixup_ok=True, split="official")
 
 
 @register_dataset("cifar10")
-def _cifar10(root: Optional[str], train: bool, *, img_size: int = 32, augment: bool = True, aa: Optional[str] = None,
-             interpolation: str = "bicubic", crop_pct: Optional[float] = None, mean=None, std=None,
-             reprob: float = 0.0, **options: Any) -> Tuple[Dataset, DatasetInfo]:
+def _cifar10(root: Optional[str], train: bool, *, img_size: int = 32, T: Optional[int] = None, augment: bool = True,
+             seed: Optional[int] = None, aa: Optional[str] = None, reprob: float = 0.0,
+             interpolation: str = "bicubic", crop_pct: Optional[float] = None,
+             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> Tuple[Dataset, DatasetInfo]:
     """CIFAR10 from torchvision's on-disk format with timm transforms."""
-    return _cifar("cifar10", root, train, img_size, augment, aa, interpolation, crop_pct, mean, std, reprob, options)
+    return _cifar("cifar10", root, train, img_size, augment, aa, reprob, interpolation, crop_pct, mean, std)
 
 
 @register_dataset("cifar100")
-def _cifar100(root: Optional[str], train: bool, *, img_size: int = 32, augment: bool = True, aa: Optional[str] = None,
-              interpolation: str = "bicubic", crop_pct: Optional[float] = None, mean=None, std=None,
-              reprob: float = 0.0, **options: Any) -> Tuple[Dataset, DatasetInfo]:
+def _cifar100(root: Optional[str], train: bool, *, img_size: int = 32, T: Optional[int] = None, augment: bool = True,
+              seed: Optional[int] = None, aa: Optional[str] = None, reprob: float = 0.0,
+              interpolation: str = "bicubic", crop_pct: Optional[float] = None,
+              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> Tuple[Dataset, DatasetInfo]:
     """CIFAR100 from torchvision's on-disk format with timm transforms."""
-    return _cifar("cifar100", root, train, img_size, augment, aa, interpolation, crop_pct, mean, std, reprob, options)
+    return _cifar("cifar100", root, train, img_size, augment, aa, reprob, interpolation, crop_pct, mean, std)
 
 
 @register_dataset("imagenet")
-def _imagenet(root: Optional[str], train: bool, *, img_size: int = 224, augment: bool = True,
-              aa: Optional[str] = None, interpolation: str = "bicubic", crop_pct: Optional[float] = None,
-              mean=None, std=None, reprob: float = 0.0, **options: Any) -> Tuple[Dataset, DatasetInfo]:
+def _imagenet(root: Optional[str], train: bool, *, img_size: int = 224, T: Optional[int] = None, augment: bool = True,
+              seed: Optional[int] = None, aa: Optional[str] = None, reprob: float = 0.0,
+              interpolation: str = "bicubic", crop_pct: Optional[float] = None,
+              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> Tuple[Dataset, DatasetInfo]:
     """ImageNet ``train/`` and ``val/`` class folders with timm transforms."""
-    from .images import imagenet_folder, imagenet_mean_std
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    d_mean, d_std = imagenet_mean_std()
-    tf = _image_transform(train, img_size, augment, mean or d_mean, std or d_std, aa, interpolation,
-                          0.95 if crop_pct is None else crop_pct, reprob, options)
+    from .images import imagenet_folder
+
+    _check_common("imagenet", img_size, augment, img_size_optional=False)
+    tf = _image_transform("imagenet", train, img_size, augment, aa, reprob, interpolation,
+                          0.95 if crop_pct is None else crop_pct, mean or IMAGENET_DEFAULT_MEAN,
+                          std or IMAGENET_DEFAULT_STD)
     ds = imagenet_folder(root, train, tf)
     return ds, DatasetInfo("imagenet", len(ds.classes), 3, event=False, mixup_ok=True, split="official")
 
 
-@register_dataset("cifar10dvs")
-def _cifar10dvs(root: Optional[str], train: bool, *, T: int = 16, img_size: Optional[int] = None,
-                augment: bool = True, dvs_augment: Optional[bool] = None, cifar10dvs_split: str = "official",
-                cache_dir: Optional[str] = None, **_: Any) -> Tuple[Dataset, DatasetInfo]:
-    """CIFAR10-DVS frames ``[T, 3, img_size, img_size]``; DVS augment when training."""
+def _dvs_transform(dataset: str, train: bool, augment: bool, dvs_augment: bool):
     from .augment import DVSAugment
+
+    _flag(dataset, "dvs_augment", dvs_augment)
+    return DVSAugment() if train and augment and dvs_augment else None
+
+
+@register_dataset("cifar10dvs")
+def _cifar10dvs(root: Optional[str], train: bool, *, img_size: Optional[int] = None, T: int = 16,
+                augment: bool = True, seed: Optional[int] = None, dvs_augment: bool = False,
+                cifar10dvs_split: str = "official", cache_dir: Optional[str] = None) -> Tuple[Dataset, DatasetInfo]:
+    """CIFAR10-DVS frames ``[T, 3, img_size, img_size]``; DVS augment when training with dvs_augment."""
     from .cifar10dvs import CIFAR10DVS
 
-    ds = CIFAR10DVS(root, train, T, split=cifar10dvs_split, size=img_size,
-                    transform=DVSAugment() if _dvs_aug(train, augment, dvs_augment) else None, cache_dir=cache_dir)
+    _check_common("cifar10dvs", img_size, augment, img_size_optional=True)
+    tf = _dvs_transform("cifar10dvs", train, augment, dvs_augment)
+    ds = CIFAR10DVS(root, train, T, split=cifar10dvs_split, img_size=img_size, transform=tf, cache_dir=cache_dir)
     return ds, DatasetInfo("cifar10dvs", 10, 3, event=True, mixup_ok=False, split=ds.split_name)
 
 
 @register_dataset("dvs128gesture")
-def _dvs128gesture(root: Optional[str], train: bool, *, T: int = 16, img_size: Optional[int] = None,
-                   augment: bool = True, dvs_augment: Optional[bool] = None, cache_dir: Optional[str] = None,
-                   **_: Any) -> Tuple[Dataset, DatasetInfo]:
-    """DVS128 Gesture frames ``[T, 3, img_size, img_size]``; DVS augment when training."""
-    from .augment import DVSAugment
+def _dvs128gesture(root: Optional[str], train: bool, *, img_size: Optional[int] = None, T: int = 16,
+                   augment: bool = True, seed: Optional[int] = None, dvs_augment: bool = False,
+                   cache_dir: Optional[str] = None) -> Tuple[Dataset, DatasetInfo]:
+    """DVS128 Gesture frames ``[T, 3, img_size, img_size]``; DVS augment when training with dvs_augment."""
     from .dvs128gesture import DVS128Gesture
 
-    tf = DVSAugment() if _dvs_aug(train, augment, dvs_augment) else None
-    ds = DVS128Gesture(root, train, T, size=img_size, transform=tf, cache_dir=cache_dir)
+    _check_common("dvs128gesture", img_size, augment, img_size_optional=True)
+    tf = _dvs_transform("dvs128gesture", train, augment, dvs_augment)
+    ds = DVS128Gesture(root, train, T, img_size=img_size, transform=tf, cache_dir=cache_dir)
     return ds, DatasetInfo("dvs128gesture", 11, 3, event=True, mixup_ok=False, split=ds.split_name)
 
 
-@register_dataset("event-digits")
-def _event_digits(root: Optional[str], train: bool, *, T: int = 8, img_size: Optional[int] = None,
-                  augment: bool = True, dvs_augment: Optional[bool] = None, data_seed: int = 0,
-                  sensor_size: int = 16, digit_size: int = 12, max_shift: int = 1, cache_dir: Optional[str] = None,
-                  **_: Any) -> Tuple[Dataset, DatasetInfo]:
-    """Digits converted to events by simulated saccades, framed like the DVS data sets (offline)."""
-    from .augment import DVSAugment
-    from .event_digits import EventDigits, RandomShift
+@register_dataset("digits")
+def _digits(root: Optional[str], train: bool, *, img_size: int = 16, T: Optional[int] = None, augment: bool = True,
+            seed: Optional[int] = None, max_shift: int = 1) -> Tuple[Dataset, DatasetInfo]:
+    """scikit-learn's digits as 1-channel images (offline; ``root`` is not used)."""
+    from .digits import Digits
 
+    _check_common("digits", img_size, augment, img_size_optional=False)
+    _int("digits", "max_shift", max_shift, 0)
+    ds = Digits(train=train, img_size=img_size, augment=augment and train, max_shift=max_shift)
+    return ds, DatasetInfo("digits", Digits.num_classes, Digits.in_chans, event=False, mixup_ok=True,
+                           split="digits: fixed stratified 80/20 split (seed 0)")
+
+
+@register_dataset("event-digits")
+def _event_digits(root: Optional[str], train: bool, *, img_size: Optional[int] = None, T: int = 8,
+                  augment: bool = True, seed: Optional[int] = None, dvs_augment: bool = False, data_seed: int = 0,
+                  sensor_size: int = 16, digit_size: int = 12, max_shift: int = 1,
+                  cache_dir: Optional[str] = None) -> Tuple[Dataset, DatasetInfo]:
+    """Digits converted to events by simulated saccades, framed like the DVS data sets (offline)."""
+    from .augment import DVSAugment, RandomShift
+    from .event_digits import EventDigits
+
+    _check_common("event-digits", img_size, augment, img_size_optional=True)
+    _flag("event-digits", "dvs_augment", dvs_augment)
+    _int("event-digits", "max_shift", max_shift, 0)
+    _int("event-digits", "data_seed", data_seed, 0)
     tf = None
     if train and augment:
         if dvs_augment:

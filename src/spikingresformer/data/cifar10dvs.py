@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import aedat
-from .errors import DatasetNotFoundError
+from .errors import DatasetNotFoundError, EventFileError
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input, source_stamp
 
 __all__ = ["CIFAR10DVS", "CIFAR10DVS_CLASSES", "CIFAR10DVS_URL", "parse_split"]
@@ -90,9 +90,10 @@ class CIFAR10DVS(Dataset):
         train: training part (True) or test part (False) of ``split``.
         T: number of frames (split by number).
         split: ``"official"``, ``"first100"`` or ``"random:<seed>"`` (see the module docstring).
-        size: output side (int or (h, w)); ``None`` keeps 128x128.
+        img_size: output side (int or (h, w)); ``None`` keeps 128x128.
         transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.DVSAugment`).
-        cache_dir: where the frame cache lives (default ``~/.cache/spikingresformer``).
+        cache_dir: where the frame cache lives (default ``$SPIKINGRESFORMER_FRAME_CACHE`` or
+            ``~/.cache/spikingresformer``).
     """
 
     classes = CIFAR10DVS_CLASSES
@@ -105,7 +106,7 @@ class CIFAR10DVS(Dataset):
         train: bool,
         T: int,
         split: str = "official",
-        size: SizeLike = None,
+        img_size: SizeLike = None,
         transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         cache_dir: Optional[str] = None,
     ) -> None:
@@ -119,7 +120,7 @@ class CIFAR10DVS(Dataset):
         self.T = T
         self.split = split
         self.split_name = f"cifar10dvs:{split}"
-        self.size = size
+        self.img_size = img_size
         self.transform = transform
         self.samples: List[Tuple[str, int]] = []  # (relative path, label)
         if not self.root.is_dir():
@@ -154,26 +155,30 @@ class CIFAR10DVS(Dataset):
         return self.root / self.samples[i][0]
 
     def events(self, i: int) -> aedat.Events:
-        """Decoded events of sample ``i`` (x, y, p in spikingjelly's convention)."""
-        return aedat.read_cifar10dvs(self.path(i))
+        """Decoded events of sample ``i`` (x, y, p in spikingjelly's convention); an empty recording is an error."""
+        path = self.path(i)
+        events = aedat.read_cifar10dvs(path)
+        if len(events) == 0:
+            raise EventFileError(path, "recording holds no events")
+        return events
 
     def frames(self, i: int) -> np.ndarray:
         """``[T, 2, 128, 128]`` per-polarity counts of sample ``i`` (from the cache when possible)."""
         rel = self.samples[i][0]
         key = rel[: -len(".aedat")]
         stamp = source_stamp(self.path(i))
-        frames = self.cache.load(key, stamp)
+        frames = self.cache.load(key, stamp, (self.T, 2, SENSOR, SENSOR))
         if frames is None:
             frames = events_to_frames(self.events(i), self.T, SENSOR, SENSOR)
             self.cache.store(key, stamp, frames)
         return frames
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        return frames_to_input(self.frames(i), self.size, self.transform), self.samples[i][1]
+        return frames_to_input(self.frames(i), self.img_size, self.transform), self.samples[i][1]
 
     def extra_repr(self) -> str:
         """One line describing the split and sizes."""
-        return f"split={self.split!r}, train={self.train}, T={self.T}, size={self.size}, samples={len(self)}"
+        return f"split={self.split!r}, train={self.train}, T={self.T}, img_size={self.img_size}, samples={len(self)}"
 
     def __repr__(self) -> str:
         return f"CIFAR10DVS({self.extra_repr()})"

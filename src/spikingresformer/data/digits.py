@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .augment import RandomShift
+
 __all__ = ["Digits", "load_digits_split", "DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION"]
 
 DIGITS_SPLIT_SEED = 0
@@ -38,7 +40,8 @@ def load_digits_split(train: bool) -> Tuple[np.ndarray, np.ndarray]:
 class Digits(Dataset):
     """Digits resized to ``img_size`` (bilinear), one channel, normalised; ``(image [1,H,W], label)``.
 
-    With ``augment=True`` (training) each image is shifted by up to ``max_shift`` pixels at random.
+    With ``augment=True`` (training) each image is shifted by up to ``max_shift`` pixels at random
+    (:class:`~.augment.RandomShift`, the gap filled with the normalised background).
     """
 
     num_classes = 10
@@ -51,25 +54,13 @@ class Digits(Dataset):
             x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
         self.images = ((x - DIGITS_MEAN) / DIGITS_STD).contiguous()
         self.labels = torch.from_numpy(labels)
-        self.augment = augment
-        self.max_shift = max_shift
+        self.img_size = img_size
         self.train = train
+        self.transform = RandomShift(max_shift, fill=-DIGITS_MEAN / DIGITS_STD) if augment and max_shift > 0 else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         x = self.images[i]
-        if self.augment and self.max_shift > 0:
-            dx, dy = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
-            background = -DIGITS_MEAN / DIGITS_STD
-            x = torch.roll(x, shifts=(dy, dx), dims=(1, 2)).clone()
-            if dy > 0:
-                x[:, :dy] = background
-            elif dy < 0:
-                x[:, dy:] = background
-            if dx > 0:
-                x[:, :, :dx] = background
-            elif dx < 0:
-                x[:, :, dx:] = background
-        return x, int(self.labels[i])
+        return (self.transform(x) if self.transform is not None else x), int(self.labels[i])

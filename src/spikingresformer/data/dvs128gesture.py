@@ -141,9 +141,10 @@ class DVS128Gesture(Dataset):
         root: the ``DvsGesture`` folder (with ``trials_to_train.txt``).
         train: recordings of ``trials_to_train.txt`` (True) or ``trials_to_test.txt`` (False).
         T: number of frames (split by number over the segment's events).
-        size: output side (int or (h, w)); ``None`` keeps 128x128.
+        img_size: output side (int or (h, w)); ``None`` keeps 128x128.
         transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.DVSAugment`).
-        cache_dir: where the frame cache lives (default ``~/.cache/spikingresformer``).
+        cache_dir: where the frame cache lives (default ``$SPIKINGRESFORMER_FRAME_CACHE`` or
+            ``~/.cache/spikingresformer``).
 
     Converting one segment reads its whole recording, so all segments of that recording are
     framed and cached together.
@@ -158,7 +159,7 @@ class DVS128Gesture(Dataset):
         root: Union[str, os.PathLike],
         train: bool,
         T: int,
-        size: SizeLike = None,
+        img_size: SizeLike = None,
         transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         cache_dir: Optional[str] = None,
     ) -> None:
@@ -173,7 +174,7 @@ class DVS128Gesture(Dataset):
             )
         self.train = train
         self.T = T
-        self.size = size
+        self.img_size = img_size
         self.transform = transform
         self.split = "official"
         self.split_name = "dvs128gesture:official (trials_to_train.txt / trials_to_test.txt)"
@@ -249,7 +250,7 @@ class DVS128Gesture(Dataset):
         """``[T, 2, 128, 128]`` per-polarity counts of sample ``i`` (from the cache when possible)."""
         recording, row = self.samples[i][:2]
         stamp = self._stamp(recording)
-        frames = self.cache.load(self._key(recording, row), stamp)
+        frames = self.cache.load(self._key(recording, row), stamp, (self.T, 2, SENSOR, SENSOR))
         if frames is not None:
             return frames
         result = None
@@ -262,7 +263,7 @@ class DVS128Gesture(Dataset):
         return result
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        return frames_to_input(self.frames(i), self.size, self.transform), self.samples[i][2]
+        return frames_to_input(self.frames(i), self.img_size, self.transform), self.samples[i][2]
 
     def __repr__(self) -> str:
-        return f"DVS128Gesture(train={self.train}, T={self.T}, size={self.size}, samples={len(self)})"
+        return f"DVS128Gesture(train={self.train}, T={self.T}, img_size={self.img_size}, samples={len(self)})"

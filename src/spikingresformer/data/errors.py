@@ -1,11 +1,11 @@
-"""Errors raised by the data sets: a missing data folder and a corrupt event file."""
+"""Errors and warnings of the data sets: a missing data folder, a corrupt event file, a bad cache entry."""
 
 from __future__ import annotations
 
 import os
 from typing import Union
 
-__all__ = ["DatasetNotFoundError", "EventFileError"]
+__all__ = ["DatasetNotFoundError", "EventFileError", "FrameCacheWarning"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -36,3 +36,7 @@ class EventFileError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class FrameCacheWarning(UserWarning):
+    """A frame-cache entry was unreadable or not what the data set expects; it is rebuilt from its source."""

@@ -25,27 +25,9 @@ from .digits import load_digits_split
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input
 from .saccades import SaccadeDVSConfig, images_to_events
 
-__all__ = ["EventDigits", "RandomShift"]
+__all__ = ["EventDigits"]
 
-
-class RandomShift:
-    """Shift ``[T, C, H, W]`` frames by up to ``max_shift`` px in x and y (zero fill), same for all T."""
-
-    def __init__(self, max_shift: int = 1) -> None:
-        self.max_shift = max_shift
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Shift one sample."""
-        m = self.max_shift
-        if m <= 0:
-            return x
-        dy, dx = torch.randint(-m, m + 1, (2,)).tolist()
-        out = torch.zeros_like(x)
-        H, W = x.shape[-2:]
-        ys, yd = (slice(0, H - dy), slice(dy, H)) if dy >= 0 else (slice(-dy, H), slice(0, H + dy))
-        xs, xd = (slice(0, W - dx), slice(dx, W)) if dx >= 0 else (slice(-dx, W), slice(0, W + dx))
-        out[..., yd, xd] = x[..., ys, xs]
-        return out
+_STAMP = "v2"  # what the cached split is made of; v1 stored int16 counts
 
 
 class EventDigits(Dataset):
@@ -58,10 +40,10 @@ class EventDigits(Dataset):
         sensor_size: side of the simulated sensor in pixels.
         digit_size: side the 8x8 digit is upsampled to before the saccades.
         seed: fixes the simulated camera (threshold mismatch); same seed, same data.
-        transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`RandomShift`).
+        transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.RandomShift`).
         cfg: camera and motion constants (:class:`SaccadeDVSConfig`).
-        cache_dir: where the framed split is cached (``None``: ``~/.cache/spikingresformer``;
-            ``False``: no disk cache). Building from scratch takes a few seconds.
+        cache_dir: where the framed split is cached (``None``: ``$SPIKINGRESFORMER_FRAME_CACHE`` or
+            ``~/.cache/spikingresformer``; ``False``: no disk cache). Building from scratch takes a few seconds.
     """
 
     num_classes = 10
@@ -79,8 +61,11 @@ class EventDigits(Dataset):
         cfg: SaccadeDVSConfig = SaccadeDVSConfig(),
         cache_dir: Union[str, None, bool] = None,
     ) -> None:
-        if T < 1:
-            raise ValueError(f"T must be at least 1, got {T}")
+        for name, value, low in (("T", T, 1), ("sensor_size", sensor_size, 1), ("digit_size", digit_size, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"event-digits: {name} must be an integer of at least {low}, got {value!r}")
+        if digit_size > sensor_size:
+            raise ValueError(f"event-digits: digit_size {digit_size} does not fit on the {sensor_size} px sensor")
         images, labels = load_digits_split(train)
         x = torch.from_numpy(images).unsqueeze(1)
         if digit_size != images.shape[-1]:
@@ -88,7 +73,7 @@ class EventDigits(Dataset):
         digits = x[:, 0].clamp(0, 1).numpy()
         self.train = train
         self.T = T
-        self.size = img_size
+        self.img_size = img_size
         self.sensor_size = sensor_size
         self.seed = seed
         self.cfg = cfg
@@ -101,29 +86,33 @@ class EventDigits(Dataset):
             f"{'train' if train else 'test'}-S{sensor_size}-D{digit_size}-seed{seed}-"
             + hashlib.sha1(repr(cfg).encode()).hexdigest()[:10]
         )
+        shape = (len(labels), T, 2, sensor_size, sensor_size)
         cache = FrameCache("event-digits", "sklearn-digits", T, cache_dir) if cache_dir is not False else None
-        frames = cache.load(key, "v1") if cache is not None else None
-        if frames is None:
+        counts = cache.load(key, _STAMP, shape) if cache is not None else None
+        if counts is None:
             evs = images_to_events(digits, sensor_size, cfg, seed=seed)
-            frames = np.stack([events_to_frames(ev, T, sensor_size, sensor_size) for ev in evs])
-            frames = frames.astype(np.int16)
+            counts = np.stack([events_to_frames(ev, T, sensor_size, sensor_size) for ev in evs])
             del evs
             if cache is not None:
-                cache.store(key, "v1", frames)
-        self.frames = torch.from_numpy(frames)  # [N, T, 2, S, S] per-polarity counts
+                cache.store(key, _STAMP, counts)
+        self._counts = counts  # [N, T, 2, S, S] per-polarity counts of the whole split
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def frames(self, i: int) -> np.ndarray:
+        """``[T, 2, S, S]`` per-polarity counts of sample ``i`` (S = ``sensor_size``)."""
+        return self._counts[i]
 
     def events(self, i: int) -> Events:
         """The simulated event stream of sample ``i`` (simulated again on demand)."""
         return images_to_events(self._digits[i : i + 1], self.sensor_size, self.cfg, seed=self.seed)[0]
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        return frames_to_input(self.frames[i], self.size, self.transform), int(self.labels[i])
+        return frames_to_input(self.frames(i), self.img_size, self.transform), int(self.labels[i])
 
     def __repr__(self) -> str:
         return (
-            f"EventDigits(train={self.train}, T={self.T}, img_size={self.size}, sensor_size={self.sensor_size}, "
+            f"EventDigits(train={self.train}, T={self.T}, img_size={self.img_size}, sensor_size={self.sensor_size}, "
             f"seed={self.seed}, samples={len(self)})"
         )

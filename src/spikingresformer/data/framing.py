@@ -1,50 +1,52 @@
-"""Events to frames ("split by number", SPEC section 8), the 3-channel model input, and the frame cache.
+"""Events to frames ("split by number"), the 3-channel model input, and the on-disk frame cache.
 
 With N events and T frames, frame ``i`` holds events ``[i * (N // T), (i + 1) * (N // T))`` and the
 last frame also takes the remainder (so with ``N < T`` every event lands in the last frame). Each
 frame is ``[2, H, W]`` per-polarity counts: channel 0 counts OFF events (``p == 0``), channel 1 ON
 events (``p == 1``), as spikingjelly's ``integrate_events_segment_to_frame`` does. The model input is
-those two channels plus their sum, resized bilinearly with antialiasing.
+those two channels plus their sum, resized bilinearly with antialiasing. ``docs/data.md`` explains
+the protocol and the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fileio import atomic_open
 from .aedat import Events
+from .errors import FrameCacheWarning
 
 __all__ = [
-    "split_by_number_bounds",
+    "FRAME_CACHE_ENV",
+    "COUNT_DTYPES",
     "events_to_frames",
     "frames_to_input",
     "FrameCache",
     "default_cache_root",
+    "source_stamp",
 ]
 
 SizeLike = Union[int, Tuple[int, int], None]
 
-
-def split_by_number_bounds(n: int, T: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Start and end event index of each of the T frames for N events (split by number)."""
-    if T < 1:
-        raise ValueError(f"T must be at least 1, got {T}")
-    di = n // T
-    starts = np.arange(T, dtype=np.int64) * di
-    ends = starts + di
-    ends[-1] = n
-    return starts, ends
+#: Environment variable that moves the frame cache (default ``~/.cache/spikingresformer``).
+FRAME_CACHE_ENV = "SPIKINGRESFORMER_FRAME_CACHE"
+_OLD_FRAME_CACHE_ENV = "SPIKINGRESFORMER_CACHE"
+#: The dtypes :func:`events_to_frames` produces, the only ones a cache entry may hold.
+COUNT_DTYPES: Tuple[np.dtype, ...] = (np.dtype(np.uint16), np.dtype(np.uint32))
 
 
 def events_to_frames(events: Events, T: int, height: int = 128, width: int = 128) -> np.ndarray:
     """Integrate events into ``[T, 2, H, W]`` per-polarity counts by event number (one bincount)."""
+    if T < 1:
+        raise ValueError(f"T must be at least 1, got {T}")
     n = len(events)
     di = n // T
     if di > 0:
@@ -73,7 +75,7 @@ def _size_tuple(size: SizeLike) -> Optional[Tuple[int, int]]:
 
 
 def frames_to_input(
-    frames: Union[np.ndarray, torch.Tensor], size: SizeLike = None, transform: Optional[Any] = None
+    frames: Union[np.ndarray, torch.Tensor], img_size: SizeLike = None, transform: Optional[Any] = None
 ) -> torch.Tensor:
     """``[T, 2, H, W]`` counts -> float32 ``[T, 3, h, w]``: OFF, ON, their sum; bilinear antialiased resize.
 
@@ -82,7 +84,7 @@ def frames_to_input(
     x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
     x = x.to(torch.float32)
     x = torch.cat([x, x.sum(dim=1, keepdim=True)], dim=1)
-    hw = _size_tuple(size)
+    hw = _size_tuple(img_size)
     if hw is not None and tuple(x.shape[-2:]) != hw:
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
     x = x.contiguous()
@@ -90,21 +92,36 @@ def frames_to_input(
 
 
 def default_cache_root() -> Path:
-    """``$SPIKINGRESFORMER_CACHE`` or ``~/.cache/spikingresformer``: where event frames are cached."""
-    env = os.environ.get("SPIKINGRESFORMER_CACHE")
+    """``$SPIKINGRESFORMER_FRAME_CACHE`` or ``~/.cache/spikingresformer``: where event frames are cached."""
+    env = os.environ.get(FRAME_CACHE_ENV)
     if env:
         return Path(env).expanduser()
+    if os.environ.get(_OLD_FRAME_CACHE_ENV):
+        warnings.warn(
+            f"{_OLD_FRAME_CACHE_ENV} is no longer read; set {FRAME_CACHE_ENV} to move the event-frame cache",
+            FutureWarning, stacklevel=2,
+        )
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "spikingresformer"
 
 
-class FrameCache:
-    """On-disk cache of framed samples, one ``.npz`` per sample and T, written atomically.
+def source_stamp(*paths: Union[str, os.PathLike]) -> str:
+    """Stamp of the source files (name, size and modification time in ns) stored with cached frames."""
+    parts = []
+    for p in paths:
+        st = os.stat(p)
+        parts.append(f"{os.path.basename(os.fspath(p))}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
 
-    Layout: ``<cache root>/<dataset>-<hash of the data root>/T<T>/<key>.npz``. Each file stores the
-    frames and a ``source`` stamp (the source file's size); a stamp mismatch means the source changed
-    and the entry is ignored. A write goes to a temporary file in the same folder that is renamed into
-    place with ``os.replace`` only once complete, so an interrupted or failed conversion never leaves a
-    file that a later run would trust.
+
+class FrameCache:
+    """On-disk cache of framed samples, one ``.npz`` per sample and T, checked on every read.
+
+    Layout: ``<cache root>/<dataset>-<hash of the data root>/T<T>/<key>.npz``. Each file holds the
+    ``frames`` (per-polarity counts), ``T`` and a ``source`` stamp (see :func:`source_stamp`). A stamp
+    that differs from the source's means the source changed: the entry is framed again. An entry that
+    cannot be read or is not what the data set expects (shape, dtype, T) is reported with a
+    :class:`~.errors.FrameCacheWarning` naming the file, deleted and framed again. Writes are atomic
+    (:mod:`spikingresformer.fileio`), so an interrupted conversion never leaves a partial entry.
     """
 
     def __init__(self, dataset: str, data_root: Union[str, os.PathLike], T: int, cache_dir: Optional[str] = None):
@@ -112,51 +129,55 @@ class FrameCache:
         base = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
         self.dir = base / f"{dataset}-{root_id}" / f"T{T}"
         self.T = T
-        self.hits = 0
-        self.misses = 0
 
     def path(self, key: str) -> Path:
         """File that holds sample ``key``."""
         return self.dir / f"{key}.npz"
 
-    def load(self, key: str, source: str) -> Optional[np.ndarray]:
-        """Cached frames of ``key`` if present and made from the same ``source`` stamp, else None."""
+    def load(self, key: str, source: str, shape: Sequence[int]) -> Optional[np.ndarray]:
+        """Cached frames of ``key`` if present, made from the same ``source`` stamp and of ``shape``; else None."""
         path = self.path(key)
         try:
             with np.load(path, allow_pickle=False) as z:
-                if str(z["source"]) != source or int(z["T"]) != self.T:
-                    self.misses += 1
-                    return None
+                stamp, T = str(z["source"]), int(z["T"])
+                if stamp != source:
+                    return None  # the source changed since: frame it again
                 frames = z["frames"]
-        except (FileNotFoundError, OSError, KeyError, ValueError, EOFError):
-            self.misses += 1
+        except FileNotFoundError:  # not cached yet (or just removed by another process)
             return None
-        self.hits += 1
+        except Exception as e:  # any unreadable entry (truncated zip, bad CRC, missing array, a folder, ...)
+            return self._reject(path, f"cannot be read ({type(e).__name__}: {e})")
+        problem = _entry_problem(frames, T, self.T, tuple(shape))
+        if problem is not None:
+            return self._reject(path, problem)
         return frames
 
     def store(self, key: str, source: str, frames: np.ndarray) -> None:
-        """Write ``frames`` for ``key`` atomically (temporary file, then ``os.replace``)."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        """Write ``frames`` for ``key`` atomically."""
+        with atomic_open(self.path(key)) as f:
+            np.savez_compressed(f, frames=frames, source=np.array(source), T=np.array(self.T))
+
+    @staticmethod
+    def _reject(path: Path, problem: str) -> None:
+        """Warn that the entry at ``path`` is unusable, and delete it so that it is framed again."""
+        warnings.warn(f"frame cache entry {path} {problem}; framing its source again", FrameCacheWarning,
+                      stacklevel=3)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, frames=frames, source=np.array(source), T=np.array(self.T))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-
-    def info(self) -> Dict[str, Any]:
-        """Where the cache lives and how it has been used so far in this process."""
-        return {"dir": str(self.dir), "hits": self.hits, "misses": self.misses}
+            path.unlink()
+        except OSError:
+            pass
+        return None
 
 
-def source_stamp(*paths: Union[str, os.PathLike]) -> str:
-    """A cheap stamp of the source files (their sizes) stored next to cached frames."""
-    return ";".join(f"{os.path.basename(os.fspath(p))}:{os.path.getsize(p)}" for p in paths)
+def _entry_problem(frames: np.ndarray, stored_T: int, T: int, shape: Tuple[int, ...]) -> Optional[str]:
+    """Why a decoded cache entry cannot be used, or None if it can."""
+    if stored_T != T:
+        return f"was made for T={stored_T}, expected T={T}"
+    if frames.dtype not in COUNT_DTYPES:
+        bad = ""
+        if frames.dtype.kind in "fc" and not np.isfinite(frames).all():
+            bad = " with NaN or infinite values"
+        return f"holds {frames.dtype} frames{bad}, expected event counts ({' or '.join(map(str, COUNT_DTYPES))})"
+    if tuple(frames.shape) != shape:
+        return f"holds frames of shape {tuple(frames.shape)}, expected {shape}"
+    return None

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Union
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import create_transform
 from torchvision import datasets
 
 from .errors import DatasetNotFoundError
@@ -26,14 +26,15 @@ __all__ = [
     "CIFAR100",
     "build_image_transform",
     "imagenet_folder",
-    "CIFAR_MEAN",
-    "CIFAR_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
 ]
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+#: Per-channel mean and std of the CIFAR10 / CIFAR100 training images (RGB, in [0, 1]).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version' archives)"
@@ -54,7 +55,6 @@ def build_image_transform(
     interpolation: str = "bicubic",
     crop_pct: Optional[float] = None,
     reprob: float = 0.0,
-    **extra: Any,
 ) -> Callable:
     """timm's transform for training (RandAugment ``aa``, random erasing ``reprob``) or evaluation."""
     return create_transform(
@@ -66,7 +66,6 @@ def build_image_transform(
         std=tuple(std),
         crop_pct=crop_pct,
         re_prob=reprob if is_training else 0.0,
-        **extra,
     )
 
 
@@ -174,7 +173,3 @@ def imagenet_folder(
     except FileNotFoundError as e:  # a class folder without images
         raise DatasetNotFoundError("ImageNet", root, f"incomplete: {e}", IMAGENET_LAYOUT, IMAGENET_URL) from None
 
-
-def imagenet_mean_std() -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """timm's ImageNet mean and std."""
-    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)

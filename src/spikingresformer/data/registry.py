@@ -1,13 +1,22 @@
-"""One entry point that builds any supported data set by name, as recipes name them."""
+"""One entry point that builds any supported data set by name, as recipes name them.
+
+Every builder declares its options as explicit keyword arguments; :func:`build_dataset` refuses an
+option the named data set cannot use (a ``ValueError`` naming the option and the data set) instead
+of dropping it.
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.utils.data import Dataset
 
-__all__ = ["DatasetInfo", "build_dataset", "register_dataset", "dataset_names"]
+__all__ = ["DatasetInfo", "build_dataset", "register_dataset", "dataset_names", "dataset_options"]
+
+#: Options every builder accepts (some ignore a few of them; the builders' docstrings say which).
+COMMON_OPTIONS = ("img_size", "T", "augment", "seed")
 
 
 @dataclass(frozen=True)
@@ -24,13 +33,26 @@ class DatasetInfo:
 
 Builder = Callable[..., Tuple[Dataset, DatasetInfo]]
 _DATASETS: Dict[str, Builder] = {}
+_OPTIONS: Dict[str, Tuple[str, ...]] = {}
 
 
 def register_dataset(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``fn(root, train, **options) -> (dataset, info)`` buildable as ``name``."""
+    """Decorator: make ``fn(root, train, *, <options>) -> (dataset, info)`` buildable as ``name``.
+
+    The options must be keyword-only parameters with defaults, and must include :data:`COMMON_OPTIONS`;
+    a catch-all ``**kwargs`` is refused, since it would let unknown options pass silently.
+    """
 
     def wrap(fn: Builder) -> Builder:
+        params = list(inspect.signature(fn).parameters.values())
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            raise TypeError(f"builder of {name!r} takes **kwargs; declare each option it uses instead")
+        options = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        missing = [o for o in COMMON_OPTIONS if o not in options]
+        if missing:
+            raise TypeError(f"builder of {name!r} lacks the common option(s) {missing}")
         _DATASETS[name] = fn
+        _OPTIONS[name] = options
         return fn
 
     return wrap
@@ -41,20 +63,28 @@ def dataset_names() -> list[str]:
     return sorted(_DATASETS)
 
 
+def _check_name(name: str) -> None:
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
+
+
+def dataset_options(name: str) -> list[str]:
+    """The keyword options data set ``name`` accepts (so a caller can check them before building)."""
+    _check_name(name)
+    return sorted(_OPTIONS[name])
+
+
 def build_dataset(name: str, root: Optional[str], train: bool, **options: Any) -> Tuple[Dataset, DatasetInfo]:
     """Build data set ``name`` (training or evaluation part) from ``root``.
 
-    ``options`` carry the recipe's data settings (``img_size``, ``T``, augmentation, ...); each
-    builder takes what it needs and ignores the rest.
+    ``options`` carry the recipe's data settings (``img_size``, ``T``, augmentation, ...). An option
+    the data set cannot use raises ``ValueError`` naming it; see :func:`dataset_options`.
     """
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
+    _check_name(name)
+    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r} cannot use the option(s) {', '.join(unknown)}; "
+            f"it accepts {', '.join(sorted(_OPTIONS[name]))}"
+        )
     return _DATASETS[name](root, train, **options)
-
-
-@register_dataset("digits")
-def _digits(root: Optional[str], train: bool, *, img_size: int = 16, augment: bool = True, **_: Any):
-    from .digits import Digits
-
-    ds = Digits(train=train, img_size=img_size, augment=augment and train)
-    return ds, DatasetInfo("digits", Digits.num_classes, Digits.in_chans, event=False, mixup_ok=True)

@@ -43,7 +43,7 @@ class Recipe:
     dataset: str = _k("cifar10", "cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | digits | event-digits")
     data_root: Optional[str] = _k(None, "data set folder (not needed for digits / event-digits)")
     cifar10dvs_split: str = _k("official", "CIFAR10-DVS split: official | first100 | random:<seed>")
-    cache_dir: Optional[str] = _k(None, "where event frames are cached (null = $SPIKINGRESFORMER_CACHE or ~/.cache/spikingresformer)")
+    cache_dir: Optional[str] = _k(None, "where event frames are cached (null = $SPIKINGRESFORMER_FRAME_CACHE or ~/.cache/spikingresformer)")
     workers: int = _k(4, "data-loading worker processes per training process")
     augment: bool = _k(True, "training-time augmentation on/off")
     aa: Optional[str] = _k(None, "timm RandAugment string, e.g. rand-m9-n1-mstd0.4-inc1")

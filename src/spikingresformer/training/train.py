@@ -63,14 +63,14 @@ def resolve_amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
 
 
 def data_options(recipe: Recipe) -> Dict[str, Any]:
-    """The data settings of a recipe, as :func:`spikingresformer.data.build_dataset` takes them."""
-    return dict(
-        img_size=recipe.img_size, T=recipe.T, aa=recipe.aa, reprob=recipe.reprob,
-        interpolation=recipe.interpolation, crop_pct=recipe.crop_pct,
-        mean=tuple(recipe.mean) if recipe.mean else None, std=tuple(recipe.std) if recipe.std else None,
-        cifar10dvs_split=recipe.cifar10dvs_split, cache_dir=recipe.cache_dir, seed=recipe.seed,
-        dvs_augment=recipe.dvs_augment,
-    )
+    """The data settings of a recipe for :func:`spikingresformer.data.build_dataset` (generic keys only if changed)."""
+    opts: Dict[str, Any] = dict(img_size=recipe.img_size, T=recipe.T, seed=recipe.seed)
+    default = Recipe()
+    for key in ("aa", "reprob", "interpolation", "crop_pct", "mean", "std", "cifar10dvs_split", "cache_dir",
+                "dvs_augment"):
+        if getattr(recipe, key) != getattr(default, key):
+            opts[key] = tuple(getattr(recipe, key)) if key in ("mean", "std") else getattr(recipe, key)
+    return opts
 
 
 def _limit(ds: Dataset, n: Optional[int]) -> Dataset:
