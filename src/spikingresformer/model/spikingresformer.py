@@ -23,13 +23,12 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 
+from ..data.images import CIFAR10_MEAN, CIFAR10_STD
 from ..neurons import MultiStepNeuron, build_neuron
 from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingMatmul
 
 __all__ = ["Downsample", "DSSA", "GWFFN", "SpikingResformer", "VARIANTS"]
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def to_channels_last_5d(x: torch.Tensor) -> torch.Tensor:
@@ -734,7 +733,7 @@ default_cfgs = {
     "spikingresformer_m": _cfg(),
     "spikingresformer_l": _cfg(),
     "spikingresformer_cifar": _cfg(
-        num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD
+        num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD
     ),
     "spikingresformer_dvsg": _cfg(
         num_classes=11, input_size=(3, 64, 64), pool_size=(16, 16), crop_pct=1.0, mean=(0.0, 0.0, 0.0),
