@@ -108,17 +108,18 @@ def neuron_backend(backend: str) -> Iterator[List[str]]:
 def import_official(official_dir: str) -> Any:
     """Import the official ``models/spikingresformer.py`` under a private package name."""
     check_checkout(official_dir)
-    module_name = f"{_PACKAGE}.spikingresformer"
+    pkg_dir = os.path.join(os.path.abspath(official_dir), "models")
+    package = f"{_PACKAGE}_{hashlib.sha256(pkg_dir.encode()).hexdigest()[:8]}"  # one per checkout
+    module_name = f"{package}.spikingresformer"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    pkg_dir = os.path.join(os.path.abspath(official_dir), "models")
     spec = importlib.util.spec_from_file_location(
-        _PACKAGE, os.path.join(pkg_dir, "__init__.py"), submodule_search_locations=[pkg_dir]
+        package, os.path.join(pkg_dir, "__init__.py"), submodule_search_locations=[pkg_dir]
     )
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import the official models package from {pkg_dir}")
     pkg = importlib.util.module_from_spec(spec)
-    sys.modules[_PACKAGE] = pkg
+    sys.modules[package] = pkg
     spec.loader.exec_module(pkg)
     spec = importlib.util.spec_from_file_location(module_name, os.path.join(pkg_dir, "spikingresformer.py"))
     assert spec is not None and spec.loader is not None
@@ -170,7 +171,10 @@ def build_official(official_dir: str, variant: str, T: int, num_classes: int, im
             f"constructor calls seen, backends other than {chosen!r}: {wrong}"
         )
     first_conv = next(m for m in model.modules() if hasattr(m, "in_channels"))
-    sj_version = importlib.metadata.version("spikingjelly")
+    try:
+        sj_version = importlib.metadata.version("spikingjelly")
+    except importlib.metadata.PackageNotFoundError:
+        sj_version = "unknown"
     info = {
         "official_code_sha256": code_digest(official_dir),
         "spikingjelly": sj_version,
