@@ -238,7 +238,7 @@ def test_worker_ours_reports_times_and_saved_spikes(monkeypatch):
                     reason="set SPIKINGRESFORMER_OFFICIAL_DIR and SPIKINGRESFORMER_OFFICIAL_PYTHON to run against the official code")
 def test_side_by_side_against_official_checkout(tmp_path, capsys):
     out = tmp_path / "r.json"
-    step.main(["--batch-size", "1", "--T", "1", "--img-size", "32", "--steps", "1", "--warmup", "0",
+    step.main(["--batch-size", "1", "--T", "1", "--img-size", "16", "--steps", "1", "--warmup", "0",
                "--infer-steps", "1", "--rounds", "1", "--configs", "fused:fp32",
                "--official", os.environ["SPIKINGRESFORMER_OFFICIAL_DIR"],
                "--official-python", os.environ["SPIKINGRESFORMER_OFFICIAL_PYTHON"], "--json", str(out)])
