@@ -232,7 +232,7 @@ def _build_ours(args: argparse.Namespace, cfg: Dict[str, Any], device: Any, resu
 
 def _build_official(args: argparse.Namespace, cfg: Dict[str, Any], device: Any, result: Dict[str, Any]) -> _Subject:
     if _HERE not in sys.path:
-        sys.path.insert(0, _HERE)
+        sys.path.append(_HERE)
     import official_model
 
     img, num_classes = cfg["img"], cfg["num_classes"]
@@ -443,7 +443,7 @@ def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]
             print(f"{_label(r):<15} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
                   f"ERROR: {r['error'][:80]}")
             continue
-        q = ratios(r, baseline) if baseline is not None else ratios(r, {"error": "none"})
+        q = ratios(r, baseline if baseline is not None else {"error": "no baseline"})
         first = r.get("train_first_step_s", r.get("infer_first_s"))
         print(f"{_label(r):<15} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
               f"{_fmt(first, '7.1f')} {_fmt(r.get('train_step_s'), '8.3f')} "
@@ -559,7 +559,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise SystemExit("--official needs --official-python PY: the Python of an environment with "
                              "spikingjelly 0.0.0.0.14, timm and the same torch as ours")
         if _HERE not in sys.path:
-            sys.path.insert(0, _HERE)
+            sys.path.append(_HERE)
         import official_model
 
         try:

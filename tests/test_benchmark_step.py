@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import textwrap
@@ -15,9 +16,22 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-step = importlib.import_module("step")
-official_model = importlib.import_module("official_model")
+
+
+def _load(name: str) -> types.ModuleType:
+    """Import a benchmark script by path (the benchmarks folder is not a package)."""
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(BENCH / f"{name}.py"):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+official_model = _load("official_model")
+step = _load("step")
 
 
 class _SaveUint8(torch.autograd.Function):
