@@ -3,7 +3,6 @@ argument errors, and the official-model builder's neuron-backend substitution (o
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import os
