@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", choices=PRECISIONS,
                    help="autocast dtype for the model (fp32 = strict float32)")
     p.add_argument("--backends", default=None, help="comma list (default: reference,fused[,triton on cuda])")
-    p.add_argument("--configs", default=None, help="comma list of backend[:precision[:malloc[:mode]]]")
+    p.add_argument("--configs", default=None, help="comma list of backend[:precision[:malloc[:mode]]], or none (official only)")
     p.add_argument("--malloc", default="tuned", choices=("tuned", "system"))
     p.add_argument("--steps", type=int, default=5, help="timed training steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
@@ -545,7 +545,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = json.loads(args.worker)
         print("RESULT " + json.dumps(run_worker(args, cfg)), flush=True)
         return 0
-    if args.configs:
+    if args.configs == "none":  # only the official configurations (with --official)
+        ours = []
+    elif args.configs:
         ours = [_parse_config(c, args.precision, args.malloc) for c in args.configs.split(",")]
     else:
         backends = args.backends or ("reference,fused,triton" if args.device.startswith("cuda") else "reference,fused")
