@@ -1,6 +1,6 @@
-"""The energy report: records, totals, the two energy conventions and their text/JSON/CSV forms.
+"""The energy report: records, totals, the two operation-count conventions and their text/JSON/CSV forms.
 
-Conventions (SPEC section 6), all figures per image:
+Conventions (``docs/energy.md`` states each with its source), all figures per image:
 
 * ``macs_per_step`` of a layer: its multiply-accumulates in one time step as if every activation were
   dense (conv: output elements x in_channels/groups x kernel area; linear: output elements x
@@ -22,7 +22,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 __all__ = [
     "E_MAC_PJ",
@@ -65,6 +65,12 @@ class LayerRecord:
     binary_input: bool = False  # value test: every input value was 0 or 1
     params: int = 0
     input_shape: List[int] = field(default_factory=list)  # shape of the (spike) operand in the last call
+    outputs_per_step: Number = 0  # output entries per image per step
+    steps_computed: Number = 0  # steps per image the layer really ran (1 for a static-image stem, else T)
+    input_nonzero: float = 0.0  # non-zero input entries per image, all steps (spikes read, for spike input)
+    weight_elements: int = 0  # weights (conv, linear) or the real operand's entries per step (matmul)
+    bn_after: bool = False  # a BatchNorm follows: folded into this layer, it leaves one bias per output
+    value_sops: Optional[float] = None  # additions if an input of value c counts as c events (inputs >= 0)
 
 
 @dataclass
