@@ -95,6 +95,7 @@ class _LayerAcc:
         self.weight_elements = 0  # parameters (conv, linear) or real operand per sample (matmul)
         self.value_sops: Optional[torch.Tensor] = None  # value-weighted additions (non-negative input)
         self.negative = False  # some input value was negative: no value-weighted count
+        self.integer = True  # every input value was a whole number (event counts, spikes)
         self.bn_after = False  # a BatchNorm read this layer's output (foldable into it as a bias)
 
     def add(self, sops: torch.Tensor, nonzero: torch.Tensor, numel: int, binary: torch.Tensor) -> None:
@@ -337,6 +338,7 @@ class EnergyMeter:
         if not is_binary:
             # value-weighted: an input entry of value c stands for c events, each fanning out
             value_sops = None
+            acc.integer = acc.integer and bool(torch.equal(xd, xd.round()))
             if not bool((xd < 0).any()):
                 mass = xd.double().sum(dim=1, keepdim=True)
                 value_sops = self._reach(mass, m) * (m.out_channels // m.groups)
@@ -362,6 +364,8 @@ class EnergyMeter:
         nonzero, binary = self._stats(x)
         xd = x.detach()
         value_sops = None if bool((xd < 0).any()) else xd.double().sum() * m.out_features
+        if not bool(binary):
+            acc.integer = acc.integer and bool(torch.equal(xd, xd.round()))
         self._add_input(acc, x, nonzero * m.out_features, repeat, nonzero, binary, out, samples,
                         nonzero * m.out_features if bool(binary) else value_sops)
 
@@ -430,6 +434,7 @@ class EnergyMeter:
                     bn_after=acc.bn_after,
                     value_sops=(float(acc.value_sops.item()) / images
                                 if acc.value_sops is not None and not acc.negative else None),
+                    integer_input=acc.integer,
                 )
             )
         neurons = [

@@ -35,6 +35,7 @@ __all__ = [
     "quantized_bits",
     "break_even_rate",
     "EQUIVALENTS",
+    "render_energy_models",
 ]
 
 #: names of the equivalent networks: ReLU activations at T = 1, and ceil(log2(T+1))-bit activations
@@ -261,18 +262,15 @@ def equivalent_energy(report: EnergyReport, network: str = "relu",
     bits = 32 if network == "relu" else quantized_bits(report.T)
     macs = report.macs_per_image_per_step
     first = report.layers[0].name if report.layers else None
-    ops_pj = 0.0
-    for x in report.layers:
-        if bits >= 32 or x.name == first:
-            ops_pj += x.macs_per_step * report.e_mac_pj
-        else:
-            ops_pj += x.macs_per_step * bits * report.e_ac_pj
+    ops_layers = {x.name: x.macs_per_step * (report.e_mac_pj if bits >= 32 or x.name == first
+                                              else bits * report.e_ac_pj) for x in report.layers}
+    ops_pj = sum(ops_layers.values())
     layers = [_equivalent_layer(x, bits, c, x.name == first) for x in report.layers]
     acts = [_equivalent_activation(n, bits, c) for n in report.neurons]
     total = CostBreakdown("total", "all")
     for b in (*layers, *acts):
         total.add(b)
-    return dict(network=network, bits=bits, macs=macs, ops_mj=ops_pj / PJ_PER_MJ,
+    return dict(network=network, bits=bits, macs=macs, ops_mj=ops_pj / PJ_PER_MJ, ops_layers_pj=ops_layers,
                 memory=dict(layers=layers, activations=acts, total=total), memory_mj=total.total_pj / PJ_PER_MJ)
 
 
@@ -306,8 +304,9 @@ def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> 
     the energies ``paper_mj`` (spiking only), ``ops_mj`` (per-operation constants: the ``full``
     convention for the spiking network) and ``memory_mj``; the equivalents also carry
     ``break_even_ops`` and ``break_even_memory``, the mean firing rate below which the spiking
-    network costs less than that equivalent under that model. ``stages``: per-stage memory-aware
-    energy of the three networks, in mJ.
+    network costs less than that equivalent under that model. ``stages``: per-stage energy of the
+    three networks in mJ, memory-aware (``spiking_mj``, ``relu_mj``, ``quantized_mj``) and
+    per-operation (``*_ops_mj``).
     """
     c = costs or MemoryCosts()
     mem = memory_energy(report, c)
@@ -340,9 +339,73 @@ def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> 
             out[p.stage] = out.get(p.stage, 0.0) + p.total_pj / PJ_PER_MJ
         return out
 
+    def ops_by_stage(per_layer: Dict[str, float]) -> Dict[str, float]:
+        out = {s: 0.0 for s in order}
+        for x in report.layers:
+            out[x.stage] += per_layer[x.name] / PJ_PER_MJ
+        return out
+
     spiking = by_stage([*mem["layers"], *mem["neurons"]])
-    stages = []
+    spiking_ops = ops_by_stage({x.name: (x.sops * report.e_ac_pj if x.spike_input else
+                                         x.macs_per_step * (x.steps_computed or report.T) * report.e_mac_pj)
+                                for x in report.layers})
     eq_stage = {k: by_stage([*v["memory"]["layers"], *v["memory"]["activations"]]) for k, v in eqs.items()}
+    eq_ops = {k: ops_by_stage(v["ops_layers_pj"]) for k, v in eqs.items()}
+    stages = []
     for s in spiking:
-        stages.append(dict(stage=s, spiking_mj=spiking[s], **{f"{k}_mj": eq_stage[k].get(s, 0.0) for k in eqs}))
+        row: Dict[str, Any] = dict(stage=s, spiking_mj=spiking[s])
+        row.update({f"{k}_mj": eq_stage[k].get(s, 0.0) for k in eqs})
+        row["spiking_ops_mj"] = spiking_ops[s]
+        row.update({f"{k}_ops_mj": eq_ops[k].get(s, 0.0) for k in eqs})
+        stages.append(row)
     return dict(costs=asdict(c), rows=rows, stages=stages, spiking_memory=mem, equivalents=eqs)
+
+
+def _rate(r: Optional[float]) -> str:
+    if r is None:
+        return "n/a"
+    if r >= 1.0:
+        return f"{r:.3f} (any rate)"
+    return f"{r:.4f}"
+
+
+def render_energy_models(report: EnergyReport, models: Optional[Dict[str, Any]] = None) -> str:
+    """Plain-text table of every energy model for the spiking network and its two equivalents."""
+    m = models if models is not None else energy_models(report)
+    c = m["costs"]
+    rows = m["rows"]
+    out = [
+        "energy models and equivalent networks (per image)",
+        f"{'network':<22} {'steps':>5} {'bits':>4} {'MACs':>14} {'SOPs':>14} {'paper mJ':>9} {'ops mJ':>9} "
+        f"{'memory mJ':>10}  break-even rate (ops / memory)",
+    ]
+    labels = dict(spiking="spiking (this model)", relu="ReLU network, T=1",
+                  quantized="quantised, T=1")
+    for r in rows:
+        paper = "" if r["paper_mj"] is None else f"{r['paper_mj']:.4f}"
+        be = "" if r["network"] == "spiking" else f"{_rate(r['break_even_ops'])} / {_rate(r['break_even_memory'])}"
+        out.append(f"{labels[r['network']]:<22} {r['T']:>5} {r['bits']:>4} {r['macs']:>14,.0f} {r['sops']:>14,.0f} "
+                   f"{paper:>9} {r['ops_mj']:>9.4f} {r['memory_mj']:>10.4f}  {be}")
+    spk = rows[0]
+    out += [
+        f"mean firing rate now: {spk['mean_firing_rate']:.4f}; the spiking network costs less than an equivalent "
+        "while its mean rate stays below the break-even rate (spike-driven costs scaled, the rest held)",
+        f"ops: E_AC {report.e_ac_pj} pJ per SOP, E_MAC {report.e_mac_pj} pJ per 32-bit MAC (static-image stem "
+        f"counted once), {quantized_bits(report.T)}-bit MAC = {quantized_bits(report.T)} x E_AC",
+        f"memory: add {c['e_add_pj']} pJ, mul {c['e_mul_pj']} pJ, SRAM "
+        + ", ".join(f"{y * c['word_bytes']:g} pJ/word at {x / 1024:g} KiB" for x, y in c["breakpoints"][1:])
+        + f", spike FIFO {c['fifo_words']} words (after Lemaire et al. 2022)",
+        "memory-aware energy per stage, mJ: " + "; ".join(
+            f"{s['stage']} {s['spiking_mj']:.4f} / {s['relu_mj']:.4f} / {s['quantized_mj']:.4f}" for s in m["stages"])
+        + "  (spiking / ReLU / quantised)",
+    ]
+    ev = report.event_stem()
+    if ev is not None:
+        adds = "n/a (negative inputs)" if ev["additions_per_event"] is None else (
+            f"{ev['additions_per_event']:,.0f} additions = {ev['additions_mj']:.4f} mJ")
+        out.append(
+            f"event input, stem {ev['layer']}: dense MACs on the counts {ev['dense_macs']:,.0f} = {ev['dense_mj']:.4f} mJ; "
+            f"additions per event {adds}"
+            + ("" if ev["integer_counts"] else " (frames hold fractional counts, e.g. after resizing: an event-mass estimate)")
+        )
+    return "\n".join(out)
