@@ -8,7 +8,7 @@ networks that do not spike; :func:`crosscheck` compares the counts with SpikingJ
 """
 
 from .counting import EnergyMeter, analyze, official_param_count, stage_of
-from .crosscheck import CrossCheck, crosscheck, spikingjelly_available
+from .sj_crosscheck import CrossCheck, crosscheck, spikingjelly_available
 from .memory import (
     MemoryCosts,
     break_even_rate,

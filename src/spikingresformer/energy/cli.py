@@ -116,7 +116,8 @@ def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> T
     elif args.img_size is not None:
         h = w = args.img_size
     T = args.T or T
-    opts = dict(T=T, img_size=h, in_chans=c)
+    opts = dict(getattr(recipe, "model_args", None) or {})  # a recipe's extra constructor arguments
+    opts.update(T=T, img_size=h, in_chans=c)
     if args.num_classes is not None:
         opts["num_classes"] = args.num_classes
     if args.batch_size < 1:
@@ -236,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     check = None
     if args.crosscheck:
-        from .crosscheck import crosscheck, spikingjelly_available, INSTALL_HINT
+        from .sj_crosscheck import crosscheck, spikingjelly_available, INSTALL_HINT
 
         if not spikingjelly_available():
             print(f"error: --crosscheck needs SpikingJelly 2.0's op_counter; install it with: {INSTALL_HINT}",

@@ -41,9 +41,6 @@ __all__ = [
 #: names of the equivalent networks: ReLU activations at T = 1, and ceil(log2(T+1))-bit activations
 EQUIVALENTS = ("relu", "quantized")
 
-#: what the break-even search may scale: the spike-driven part of the spiking network's energy
-_VARIABLE = ("synaptic_pj", "addressing_pj", "weights_pj", "potential_pj", "spikes_pj")
-
 
 @dataclass(frozen=True)
 class MemoryCosts:
@@ -103,6 +100,7 @@ class CostBreakdown:
     potential_pj: float = 0.0  # membrane-potential reads and writes
     spikes_pj: float = 0.0  # spike reads (per consuming layer) and spike writes (per neuron layer)
     activations_pj: float = 0.0  # reads and writes of real-valued activations
+    variable_pj: float = 0.0  # the part of the total that scales with the number of spikes
     accesses: Dict[str, float] = field(default_factory=dict)  # access counts (words) by kind
 
     @property
@@ -111,15 +109,10 @@ class CostBreakdown:
         return (self.synaptic_pj + self.addressing_pj + self.dense_pj + self.bias_pj + self.neuron_pj
                 + self.state_pj + self.weights_pj + self.potential_pj + self.spikes_pj + self.activations_pj)
 
-    @property
-    def variable_pj(self) -> float:
-        """The part that scales with the number of spikes."""
-        return sum(getattr(self, k) for k in _VARIABLE)
-
     def add(self, other: "CostBreakdown") -> None:
         """Add ``other``'s components (and access counts) into this one."""
         for k in ("synaptic_pj", "addressing_pj", "dense_pj", "bias_pj", "neuron_pj", "state_pj", "weights_pj",
-                  "potential_pj", "spikes_pj", "activations_pj"):
+                  "potential_pj", "spikes_pj", "activations_pj", "variable_pj"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for k, v in other.accesses.items():
             self.accesses[k] = self.accesses.get(k, 0.0) + v
@@ -159,6 +152,7 @@ def _spiking_layer(layer: LayerRecord, report: EnergyReport, c: MemoryCosts) -> 
         b.weights_pj = sops * c.word_pj(weight_buf)
         b.potential_pj = 2 * sops * c.word_pj(out_buf)
         b.accesses = dict(spike_reads=spikes, weight_reads=sops, potential_reads=sops, potential_writes=sops)
+        b.variable_pj = b.synaptic_pj + b.addressing_pj + b.spikes_pj + b.weights_pj + b.potential_pj
     else:
         macs = layer.macs_per_step * steps
         in_elems = _input_elements(layer)
@@ -182,6 +176,7 @@ def _spiking_neuron(n: NeuronRecord, report: EnergyReport, c: MemoryCosts) -> Co
     b.state_pj = 2 * steps * c.word_pj(n.neurons_per_step * c.word_bytes)
     b.spikes_pj = n.spikes * c.word_pj(c.fifo_words * c.word_bytes)
     b.accesses = dict(potential_reads=steps, potential_writes=steps, spike_writes=n.spikes)
+    b.variable_pj = b.spikes_pj
     return b
 
 
@@ -329,7 +324,7 @@ def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> 
                                               eq["memory_mj"] * PJ_PER_MJ),
         ))
     order: List[str] = []
-    for x in report.layers:
+    for x in [*report.layers, *report.neurons]:
         if x.stage not in order:
             order.append(x.stage)
 
@@ -343,7 +338,7 @@ def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> 
         out = {s: 0.0 for s in order}
         for x in report.layers:
             out[x.stage] += per_layer[x.name] / PJ_PER_MJ
-        return out
+        return out  # neuron-only stages stay 0: no operations in this model
 
     spiking = by_stage([*mem["layers"], *mem["neurons"]])
     spiking_ops = ops_by_stage({x.name: (x.sops * report.e_ac_pj if x.spike_input else
