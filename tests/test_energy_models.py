@@ -155,7 +155,7 @@ def test_quantized_bits_rejects_bad_T():
         quantized_bits(0)
 
 
-def test_event_stem_counts_events():
+def test_event_stem_counts_events(small_cifar):
     """Event counts: dense MACs on the counts vs one addition per event and weight reached."""
     x = TOY_INPUT.clone()
     x[0, 0, 0, 0, 0] = 3.0  # three events at one pixel in step 1
@@ -167,9 +167,8 @@ def test_event_stem_counts_events():
     assert ev["additions_mj"] == pytest.approx(6 * 0.9e-9)
     r2 = analyze(Toy(), x * 0.5)  # resized frames: fractional counts
     assert not r2.event_stem()["integer_counts"]
-    img = analyze(spikingresformer.create_model("spikingresformer_cifar", planes=[8, 16, 32], num_heads=[1, 2, 4],
-                                                group_size=8, img_size=8, T=2), torch.randn(1, 3, 8, 8))
-    assert img.event_stem() is None
+    model, images, _ = small_cifar
+    assert analyze(model, images).event_stem() is None  # image input: no event stem
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +237,27 @@ def test_cli_recipe_defaults_and_overrides(tmp_path, capsys):
     assert energy_cli.main(["--device", "cpu", "--no-plots"]) == 2
     assert "no model given" in capsys.readouterr().err
     assert energy_cli.main(["-c", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_sop_count_exact_without_onednn(small_cifar):
+    """Our conv SOPs equal a brute-force float64 ``sum(conv2d(s, ones_like(W)))`` even when float32
+    convolutions are not exact (oneDNN disabled), unlike a truncated float32 count."""
+    import torch.nn.functional as F
+
+    model, x, _ = small_cifar
+    inputs = {}
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n != "prologue.0"}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0].detach().flatten(0, 1)))
+             for n, m in convs.items()]
+    try:
+        with torch.backends.mkldnn.flags(enabled=False):
+            report = analyze(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    ours = {r.name: r.sops for r in report.layers}
+    for name, m in convs.items():
+        s = inputs[name].double()
+        brute = F.conv2d(s, torch.ones_like(m.weight, dtype=torch.float64), stride=m.stride, padding=m.padding,
+                         groups=m.groups).sum().item() / x.shape[0]
+        assert ours[name] == round(brute), name

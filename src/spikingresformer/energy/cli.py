@@ -26,7 +26,7 @@ import torch
 from .counting import analyze
 from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, render_table, summarize
 
-__all__ = ["add_arguments", "run", "main", "build_inputs", "calibrate_batchnorm"]
+__all__ = ["add_arguments", "apply_recipe", "run", "main", "build_inputs", "calibrate_batchnorm", "write_outputs"]
 
 SYNTHETIC = ("random", "zeros", "ones")
 
@@ -186,7 +186,7 @@ def calibrate_batchnorm(model: torch.nn.Module, batches: List[torch.Tensor]) -> 
             m.training = flag
 
 
-def _write_outputs(report: EnergyReport, table: str, out: Path, plots: bool, check=None) -> List[Path]:
+def write_outputs(report: EnergyReport, table: str, out: Path, plots: bool, check=None) -> List[Path]:
     """Write the report's files into ``out`` (each one atomically); returns their paths."""
     from ..fileio import atomic_write_bytes
 
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         print("note: fresh weights with default BatchNorm statistics barely spike in eval mode; "
               "add --calibrate-bn to re-estimate the statistics on the input first")
     if args.output:
-        for f in _write_outputs(report, table, Path(args.output), plots=not args.no_plots, check=check):
+        for f in write_outputs(report, table, Path(args.output), plots=not args.no_plots, check=check):
             print(f"wrote {f}")
     return 0
 
