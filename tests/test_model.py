@@ -60,9 +60,14 @@ def test_features_only_strides():
 def test_forward_intermediates_keeps_time_axis():
     m = sr.create_model("spikingresformer_cifar", T=2).eval()
     with torch.no_grad():
-        logits, feats = m.forward_intermediates(torch.randn(1, 3, 16, 16), output_fmt="TNCHW")
-    assert logits.shape == (1, 10)
+        x = torch.randn(1, 3, 16, 16)
+        final, feats = m.forward_intermediates(x, output_fmt="TNCHW")
+        final_nchw, feats_nchw = m.forward_intermediates(x)
+        assert torch.equal(final, m.forward_features_steps(x))
+        assert torch.equal(final_nchw, m.forward_features(x))
+    assert final.shape == (2, 1, 384, 4, 4) and final_nchw.shape == (1, 384, 4, 4)
     assert [tuple(f.shape) for f in feats] == [(2, 1, 64, 16, 16), (2, 1, 192, 8, 8), (2, 1, 384, 4, 4)]
+    assert all(torch.equal(a.mean(0), b) for a, b in zip(feats, feats_nchw))
 
 
 def test_timm_interface_methods():
@@ -76,14 +81,23 @@ def test_timm_interface_methods():
     x = torch.randn(1, 2, 3, 16, 16)
     m.eval()
     with torch.no_grad():
-        feats = m.forward_features(x)
-        assert feats.shape == (2, 1, 192, 4, 4)
+        feats = m.forward_features(x)  # timm convention: [B, C, H, W], the mean over time
+        steps = m.forward_features_steps(x)
+        assert feats.shape == (1, 192, 4, 4) and steps.shape == (2, 1, 192, 4, 4)
+        assert torch.equal(feats, steps.mean(0))
         assert m.forward_head(feats).shape == (1, 5)
         assert m.forward_head(feats, pre_logits=True).shape == (1, 192)
-        assert torch.equal(m.forward_head(feats), m(x))
+        assert torch.equal(m.forward_head(steps), m(x))  # per-step head: exactly forward
+        torch.testing.assert_close(m.forward_head(feats), m(x), rtol=1e-5, atol=1e-6)  # linear head
+        assert torch.equal(m(x, return_steps=True), m.forward_steps(x))
     m.reset_classifier(0)
     with torch.no_grad():
         assert m(x).shape == (1, 192)
+    m.reset_classifier(0, "")  # no pooling either: the time-averaged feature map
+    with torch.no_grad():
+        assert m(x).shape == (1, 192, 4, 4)
+    with pytest.raises(ValueError, match="global_pool"):
+        m.reset_classifier(0, "max")
 
 
 def _finite_hooks(model):

@@ -40,9 +40,14 @@ def _decay(kind: str, dtype: torch.dtype, value: float = 0.3):
     return 2.0 if kind == "lif" else None
 
 
+def _args(kind, decay):
+    """``(tau, w)`` for a backend call from the test's ``decay`` (tau for LIF, the tensor w for PLIF)."""
+    return (1.0, decay) if kind == "plif" else ((decay, None) if kind == "lif" else (1.0, None))
+
+
 def _run(fn, x, kind, decay, grad, vth=1.0, vr=0.0, alpha=2.0):
     x = x.detach().clone().requires_grad_()
-    s = fn(x, kind, decay, vth, vr, alpha)
+    s = fn(x, kind, *_args(kind, decay), vth, vr, alpha)
     inputs = [x] + ([decay] if kind == "plif" else [])
     grads = torch.autograd.grad(s, inputs, grad)
     return s.detach(), grads
@@ -80,15 +85,8 @@ def _compare(fn, shape, kind, dtype, vth=1.0, vr=0.0, alpha=2.0, seed=0, layout=
 
 def _fused_with(impl: str):
     def fn(*args):
-        old = os.environ.get(fused.IMPL_ENV_VAR)
-        os.environ[fused.IMPL_ENV_VAR] = impl
-        try:
+        with fused.use_impl(impl):
             return fused.fused_multistep(*args)
-        finally:
-            if old is None:
-                del os.environ[fused.IMPL_ENV_VAR]
-            else:
-                os.environ[fused.IMPL_ENV_VAR] = old
 
     return fn
 
@@ -145,11 +143,9 @@ def test_fused_inference_path_and_empty():
     x = torch.randn(4, 3, 50) * 2
     with torch.no_grad():
         s = multistep_neuron(x, "lif", 2.0, backend="fused")
-    assert torch.equal(s, reference_multistep(x, "lif", 2.0, 1.0, 0.0, 2.0))
+    assert torch.equal(s, reference_multistep(x, "lif", 2.0))
     w = torch.tensor(0.2)
-    assert torch.equal(
-        multistep_neuron(x, "plif", w, backend="fused"), reference_multistep(x, "plif", w, 1.0, 0.0, 2.0)
-    )
+    assert torch.equal(multistep_neuron(x, "plif", w=w, backend="fused"), reference_multistep(x, "plif", w=w))
     assert multistep_neuron(torch.empty(3, 0), "lif", 2.0, backend="fused").shape == (3, 0)
 
 
@@ -164,8 +160,8 @@ def test_fused_falls_back_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setattr(fused, "_warned", False)
     x = torch.randn(3, 40, requires_grad=True)
     with pytest.warns(RuntimeWarning, match="could not be built"):
-        s = fused.fused_multistep(x, "lif", 2.0, 1.0, 0.0, 2.0)
-    assert torch.equal(s, reference_multistep(x, "lif", 2.0, 1.0, 0.0, 2.0))
+        s = fused.fused_multistep(x, "lif", 2.0)
+    assert torch.equal(s, reference_multistep(x, "lif", 2.0))
     s.sum().backward()
     assert x.grad is not None
 
@@ -191,8 +187,8 @@ _TRITON_SCRIPT = textwrap.dedent(
     import test_neuron_backends as t
     from spikingresformer.neurons import multistep_neuron
 
-    def fn(x, kind, decay, vth, vr, alpha):
-        return multistep_neuron(x, kind, decay, vth, vr, alpha, backend="triton")
+    def fn(x, kind, tau, w, vth, vr, alpha):
+        return multistep_neuron(x, kind, tau, w, vth, vr, alpha, backend="triton")
 
     for kind in t.KINDS:
         for dtype in t.DTYPES:
@@ -202,7 +198,10 @@ _TRITON_SCRIPT = textwrap.dedent(
         t._compare(fn, (3, 2, 4, 3, 5), kind, torch.float32, layout="channels_last")
     with torch.no_grad():
         x = torch.randn(4, 3, 50) * 2
-        assert torch.equal(fn(x, "lif", 2.0, 1.0, 0.0, 2.0), t.reference_multistep(x, "lif", 2.0, 1.0, 0.0, 2.0))
+        assert torch.equal(fn(x, "lif", 2.0, None, 1.0, 0.0, 2.0), t.reference_multistep(x, "lif", 2.0))
+    # the Triton kernels as custom operators
+    from spikingresformer.neurons.triton_backend import TRITON_OPS
+    t._opcheck(TRITON_OPS)
     print("TRITON-OK")
     """
 )
@@ -216,15 +215,44 @@ def test_triton_under_interpreter():
     assert proc.returncode == 0 and "TRITON-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_allocator_settings_applied_by_default(monkeypatch):
-    code = "import spikingresformer, spikingresformer.runtime as r; print(r.malloc_settings())"
+_MALLOPT_SPY = textwrap.dedent(
+    """
+    import ctypes, sys
+    calls = []
+    real_cdll = ctypes.CDLL
+
+    class Spy(real_cdll):
+        def __getattr__(self, name):
+            if name == "mallopt":
+                calls.append(name)
+            return super().__getattr__(name)
+
+    ctypes.CDLL = Spy
+    import torch
+    import spikingresformer as sr
+    from spikingresformer import runtime
+    model = sr.create_model("spikingresformer_cifar", planes=(16, 32, 64), num_heads=(1, 2, 4), group_size=16)
+    model.eval()(torch.randn(1, 3, 32, 32))
+    print("AFTER-IMPORT", len(calls), runtime.malloc_settings())
+    if {apply}:
+        runtime.apply_defaults()
+        print("AFTER-APPLY", len(calls), runtime.malloc_settings())
+    """
+)
+
+
+def test_import_leaves_the_allocator_alone():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != runtime.MALLOC_ENV_VAR}
     env.pop("LD_PRELOAD", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _MALLOPT_SPY.format(apply=True)], env=env, capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    if runtime._libc() is not None:
-        assert "M_MMAP_MAX=0" in out.stdout
-    # The opt-out (checked in-process: apply_defaults only records what it does once per process).
+    assert "AFTER-IMPORT 0 not applied" in out.stdout
+    if runtime._libc() is not None:  # our commands opt in explicitly
+        assert "M_MMAP_MAX=0" in out.stdout.split("AFTER-APPLY")[1]
+
+
+def test_allocator_opt_out(monkeypatch):
     monkeypatch.setattr(runtime, "_applied", None)
     monkeypatch.setattr(runtime, "_status", "not applied")
     monkeypatch.setenv(runtime.MALLOC_ENV_VAR, "system")
@@ -257,3 +285,40 @@ def test_grad_checkpointing_gives_same_gradients(neuron, monkeypatch):
             torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-6, atol=1e-7, msg=name)
     for (name, ba), (_, bb) in zip(a.named_buffers(), b.named_buffers()):
         torch.testing.assert_close(bb, ba, rtol=0, atol=0, msg=name)
+
+
+def _opcheck(ops) -> None:
+    """``torch.library.opcheck`` on a backend's forward and backward operators, every kind and layout."""
+    gen = torch.Generator().manual_seed(3)
+    for kind in KINDS:
+        for shape, layout in (((4, 2, 3, 5), None), ((3, 2, 4, 3, 3), "channels_last"), ((2, 0), None)):
+            x = torch.randn(shape, generator=gen) * 1.5 + 0.5
+            if layout == "channels_last":
+                x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+            w = torch.tensor(0.3) if kind == "plif" else None
+            tau = 2.0 if kind == "lif" else 1.0
+            for store_h in (True, False):
+                xg = x.clone().requires_grad_(store_h)
+                wg = w.clone().requires_grad_(store_h) if w is not None else None
+                torch.library.opcheck(ops.forward_op, (xg, wg, kind, tau, 1.0, 0.0, 2.0, store_h))
+            _, h = ops.forward_op(x, w, kind, tau, 1.0, 0.0, 2.0, True)
+            grad = torch.randn(shape, generator=gen)
+            torch.library.opcheck(
+                ops.backward_op, (h, x if kind == "plif" else None, grad, w, kind, tau, 1.0, 0.0, 2.0)
+            )
+
+
+@pytest.mark.parametrize("impl", ["c", "torch"])
+def test_fused_operators_pass_opcheck(impl):
+    if impl not in IMPLS:
+        pytest.skip("C kernel unavailable")
+    with fused.use_impl(impl):
+        _opcheck(fused.FUSED_OPS)
+
+
+def test_neuron_module_fixes_its_backend_when_built(monkeypatch):
+    monkeypatch.setenv("SPIKINGRESFORMER_NEURON_BACKEND", "reference")
+    m = LIF()
+    monkeypatch.setenv("SPIKINGRESFORMER_NEURON_BACKEND", "no-such-backend")
+    assert m.backend == "reference"
+    m(torch.randn(2, 3))  # the environment is not read again on forward

@@ -12,7 +12,7 @@ import timm
 from torch import nn
 
 from .checkpoint import CheckpointError, LoadResult, load_checkpoint, read_state_dict, save_weights
-from .model import VARIANTS, SpikingResformer
+from .model import VARIANTS, SpikingResformer, fuse_for_inference
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "SpikingResformer",
     "VARIANTS",
     "create_model",
+    "fuse_for_inference",
     "list_models",
     "load_checkpoint",
     "read_state_dict",

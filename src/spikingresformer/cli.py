@@ -1,4 +1,4 @@
-"""The ``spikingresformer`` command: ``train``, ``evaluate`` and ``energy``.
+"""The ``spikingresformer`` command: ``train``, ``evaluate``, ``energy`` and ``export``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     torchrun --nproc-per-node 8 -m spikingresformer train -c configs/imagenet_ti.yaml --data-root /data/imagenet
     spikingresformer evaluate --model spikingresformer_cifar --checkpoint official.pth -c configs/cifar10.yaml
     spikingresformer energy --model spikingresformer_ti --img-size 224
+    spikingresformer export --model spikingresformer_cifar --checkpoint ckpt.pth --format onnx --output m.onnx
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def _recipe_command(sub, name: str, help: str, description: str) -> argparse.Arg
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script and of ``python -m spikingresformer``."""
+    from . import runtime
+
+    runtime.apply_defaults()  # our own command: tune the allocator (a plain import never does)
     parser = argparse.ArgumentParser(prog="spikingresformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         energy_args = None
     if energy_args is not None:
         energy_args(energy)
+    from . import export as export_cmd
+
+    export_cmd.add_arguments(sub.add_parser("export", help="export a model to ONNX or a torch.export archive"))
     args, rest = parser.parse_known_args(argv)
 
     from .training.recipe import RecipeError, load_recipe, parse_overrides
@@ -65,6 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .energy.cli import run as energy_run
 
             return int(energy_run(args) or 0)
+        if args.command == "export":
+            if rest:
+                parser.error(f"unrecognised arguments: {' '.join(rest)}")
+            return export_cmd.run(args)
         recipe = load_recipe(args.config, parse_overrides(rest))
         if args.command == "train":
             from .training import run_training

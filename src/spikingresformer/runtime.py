@@ -1,43 +1,17 @@
-"""Process-wide start-up settings applied when :mod:`spikingresformer` is imported.
+"""Process-wide allocator tuning for our own commands: opt-in, never applied on import.
 
-**Allocator (glibc).** By default glibc serves every allocation above a threshold (128 KiB to
-32 MiB, adaptive) with a fresh ``mmap`` and gives it back with ``munmap`` when freed. Spiking
-networks allocate and free feature maps of tens to hundreds of MiB T times per layer, so each one
-is faulted in page by page again on every use: on a 2-core machine about three quarters of the time
-of a fused neuron kernel, and a large share of every big element-wise op, went to page faults.
+By default glibc serves large allocations with a fresh ``mmap`` and returns them with ``munmap``, so
+the feature maps a spiking network allocates and frees T times per layer are faulted in page by page
+on every use. :func:`apply_defaults` calls glibc's ``mallopt`` so that it never uses ``mmap`` for single
+allocations and never trims the heap top (the same as ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=<large>``); freed feature maps are then reused already mapped, at the cost of the
+process keeping its peak heap size.
 
-On import this module therefore calls ``mallopt`` (through :mod:`ctypes`) so that glibc
-
-* never uses ``mmap`` for individual allocations (``M_MMAP_MAX = 0``), and
-* never returns the top of the heap to the system (``M_TRIM_THRESHOLD`` = 2**62 - effectively off),
-
-the same as starting Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``. Freed
-feature maps are then reused from the heap, already mapped. The cost: the process keeps its peak
-heap size (RSS does not shrink after the peak), which is what a training or inference process does
-anyway.
-
-Measured on the 2-core development machine (shared, so +-15 %), ``benchmarks/step.py`` with
-``spikingresformer_cifar``, batch 16, T=4, ``fused`` neurons, median training step:
-
-=========================  ===============  ===============  =========================
-allocator                  bfloat16 step    float32 step     peak RSS (bf16 / fp32)
-=========================  ===============  ===============  =========================
-glibc defaults             2.26 / 2.57 s    3.79 / 3.75 s    2.66 / 3.94-4.07 GB
-glibc tuned (this module)  2.22 / 2.37 s    3.67 / 3.23 s    2.69-2.78 / 4.13-4.15 GB
-jemalloc 5.3 (LD_PRELOAD)  4.17 / 4.03 s    7.71 / 7.10 s    2.17 / 3.21 GB
-tcmalloc 2.10 (LD_PRELOAD) 2.05 / 1.85 s    3.68 / 3.33 s    2.16 / 3.24 GB
-=========================  ===============  ===============  =========================
-
-(two rounds each). The tuned glibc settings are the fastest choice that can be made from inside
-the process (a few per cent on a whole step; on a single large element-wise kernel, where page
-faults dominate, 1.5x and more). tcmalloc is faster still and uses less memory, but it must be
-preloaded before Python starts, e.g. ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``
-(Debian package ``libtcmalloc-minimal4``); jemalloc with its default decay settings is slower.
-
-Opt out with ``SPIKINGRESFORMER_MALLOC=system`` (leave glibc alone). The settings are also skipped
-when glibc is not the C library, when a different allocator is preloaded (``LD_PRELOAD`` naming
-jemalloc, tcmalloc or mimalloc), or when the user already set ``MALLOC_MMAP_MAX_`` or
-``MALLOC_TRIM_THRESHOLD_`` in the environment. Only allocations made after import are affected.
+``import spikingresformer`` does not call it: a library must not retune its user's process. The
+``spikingresformer`` command and the benchmarks call it when they start; Python users who want it call
+``spikingresformer.runtime.apply_defaults()`` themselves. ``SPIKINGRESFORMER_MALLOC=system`` opts out;
+it is also skipped when glibc is not the C library, when another allocator is preloaded, or when
+``MALLOC_MMAP_MAX_``/``MALLOC_TRIM_THRESHOLD_`` are already set. Measurements: ``docs/performance.md``.
 """
 
 from __future__ import annotations

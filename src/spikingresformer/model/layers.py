@@ -1,34 +1,49 @@
 """Multi-step wrappers of stateless layers.
 
 Stateless layers act on ``[T, B, ...]`` tensors by folding time into the batch (``[T*B, ...]``)
-and unfolding the result, so BatchNorm statistics are taken over T and B together (SPEC section 1).
-The wrappers keep the official module and parameter names (``*.weight`` for convolutions and the
-classifier, ``*.bn.*`` for BatchNorm) so official checkpoints load unchanged.
+and unfolding the result, so BatchNorm statistics are taken over T and B together
+(``docs/numerics.md``). The wrappers keep the official module and parameter names (``*.weight``
+for convolutions and the classifier, ``*.bn.*`` for BatchNorm) so official checkpoints load unchanged.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.fx
 from torch import nn
 
-__all__ = ["SeqConv2d", "SeqBatchNorm2d", "SeqMaxPool2d", "SeqLinear", "SpikingMatmul", "fold_time"]
+__all__ = ["SeqConv2d", "SeqBatchNorm2d", "SeqMaxPool2d", "SeqLinear", "SpikingMatmul", "fold_time",
+           "merge_time", "split_time"]
 
 
-def fold_time(layer: nn.Module, x: torch.Tensor, forward) -> torch.Tensor:
-    """Apply ``forward`` (an image layer's forward) to ``x`` of shape ``[T, B, C, H, W]``.
-
-    A 4-D ``[N, C, H, W]`` input is passed straight through, so the same layer also serves a batch
-    that has no time axis (used for static images, whose stem runs once for all steps).
-    """
+def merge_time(x: torch.Tensor, name: str = "layer") -> torch.Tensor:
+    """``[T, B, C, H, W]`` -> ``[T*B, C, H, W]`` (a view); a 4-d ``[N, C, H, W]`` passes unchanged."""
     if x.dim() == 4:
-        return forward(x)
+        return x
     if x.dim() != 5:
-        raise ValueError(
-            f"{type(layer).__name__} expects [T, B, C, H, W] (or [N, C, H, W]), got shape {tuple(x.shape)}"
-        )
-    t, b = x.shape[:2]
-    y = forward(x.flatten(0, 1))
-    return y.unflatten(0, (t, b))
+        raise ValueError(f"{name} expects [T, B, C, H, W] (or [N, C, H, W]), got shape {tuple(x.shape)}")
+    return x.flatten(0, 1)
+
+
+def split_time(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`merge_time`: ``[T*B, ...]`` -> ``[T, B, ...]`` when ``like`` had a time axis."""
+    return y if like.dim() == 4 else y.unflatten(0, like.shape[:2])
+
+
+# rank-dependent branches: FX records each as one call (torch.compile traces through them)
+torch.fx.wrap("merge_time")
+torch.fx.wrap("split_time")
+
+
+def fold_time(layer: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``forward`` (an image layer's forward) to ``x`` of shape ``[T, B, C, H, W]`` or ``[N, C, H, W]``.
+
+    The 4-d form serves a batch that has no time axis (static images, whose stem runs once for all
+    steps).
+    """
+    return split_time(forward(merge_time(x, type(layer).__name__)), x)
 
 
 class SeqConv2d(nn.Conv2d):

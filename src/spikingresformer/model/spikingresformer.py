@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Un
 
 import torch
 import torch.distributed as dist
+import torch.fx
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -41,6 +42,96 @@ def is_channels_last_5d(x: torch.Tensor) -> bool:
     return x.dim() == 5 and x.shape[2] > 1 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous()
 
 
+# Layout decisions depend on strides, which FX symbolic tracing cannot see: each one lives in a
+# small function that FX records as one call (torch.fx.wrap) and that torch.compile traces through.
+
+
+def channels_first(y: torch.Tensor) -> torch.Tensor:
+    """``y`` in contiguous (channels-first) order, copying only if it is not already."""
+    return y if y.is_contiguous() else y.contiguous()
+
+
+def like_layout(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``out`` stored channels-last if ``ref`` is (keeps a block's output in its input's layout)."""
+    return to_channels_last_5d(out) if is_channels_last_5d(ref) else out
+
+
+def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """Identity whose gradient comes back channels-last when ``x`` is channels-last and needs one."""
+    return _ChannelsLastGrad.apply(x) if (x.requires_grad and is_channels_last_5d(x)) else x
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, size_divisor: int, check_finite: bool) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, C, H, W]`` or ``[B, T, C, H, W]`` floating point of a valid size.
+
+    With ``check_finite``, NaN or infinite values are rejected too (in eager mode; compiled and
+    exported graphs skip that data-dependent check).
+    """
+    expected = (
+        f"[B, {in_chans}, H, W] images or [B, T, {in_chans}, H, W] event frames, "
+        f"H and W multiples of {size_divisor}"
+    )
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected a tensor of {expected}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"expected a floating-point tensor (float32, bfloat16, float16 or float64) of {expected}; got "
+            f"dtype {x.dtype} (convert images with x.float() and normalise them first)"
+        )
+    if x.dim() not in (4, 5):
+        raise ValueError(f"expected {expected}; got a {x.dim()}-d tensor of shape {tuple(x.shape)}")
+    c, h, w = x.shape[-3:]
+    if c != in_chans:
+        raise ValueError(f"expected {expected}; got {c} channels in shape {tuple(x.shape)}")
+    if h % size_divisor or w % size_divisor or h == 0 or w == 0:
+        raise ValueError(
+            f"expected {expected}; got spatial size {h}x{w} in shape {tuple(x.shape)}, which the "
+            f"stages cannot divide evenly"
+        )
+    if x.dim() == 5 and x.shape[1] < 1:
+        raise ValueError(f"expected at least one time step, got shape {tuple(x.shape)}")
+    if check_finite and not torch.compiler.is_compiling() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"expected finite input values; got {bad} NaN or infinite value(s) in a tensor of shape "
+            f"{tuple(x.shape)} (set model.check_finite_input = False to skip this check)"
+        )
+
+
+def prepare_input(x: torch.Tensor, memory_format: str) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` stay 4-d; event frames ``[B, T, C, H, W]`` become ``[T, B, C, H, W]``; layout set."""
+    channels_last = use_channels_last(x, memory_format)
+    if x.dim() == 5:
+        x = x.transpose(0, 1)
+        return to_channels_last_5d(x) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def repeat_over_time(y: torch.Tensor, steps: int) -> torch.Tensor:
+    """A static image's stem output ``[B, C, H, W]`` repeated over ``steps`` (its layout kept); 5-d passes."""
+    if y.dim() == 5:
+        return y
+    if y.shape[1] > 1 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        return y.permute(0, 2, 3, 1).unsqueeze(0).expand(steps, -1, -1, -1, -1).contiguous().permute(0, 1, 4, 2, 3)
+    return y.unsqueeze(0).expand(steps, *y.shape).contiguous()
+
+
+def use_channels_last(x: torch.Tensor, memory_format: str) -> bool:
+    """Whether feature maps are kept channels-last for input ``x`` under ``memory_format``."""
+    if memory_format == "channels_last":
+        return True
+    if memory_format == "contiguous" or x.device.type != "cpu":
+        return False
+    # measured on CPU: oneDNN's bfloat16 convolutions are several times faster on channels-last
+    # input, while float32 ones are faster on contiguous input
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+for _fn in ("channels_first", "like_layout", "channels_last_grad", "check_image_input", "prepare_input",
+            "repeat_over_time"):
+    torch.fx.wrap(_fn)
+
+
 # --------------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------------
@@ -60,7 +151,7 @@ class Downsample(nn.Module):
 
 
 class DSSA(nn.Module):
-    """Dual Spike Self-Attention with per-head firing-rate scaling (SPEC section 3).
+    """Dual Spike Self-Attention with per-head firing-rate scaling (``docs/numerics.md``).
 
     Args:
         dim: channels C of input and output.
@@ -97,8 +188,10 @@ class DSSA(nn.Module):
         self.sync_rates = sync_rates
         self.register_buffer("firing_rate_x", torch.zeros(1, 1, num_heads, 1, 1))
         self.register_buffer("firing_rate_attn", torch.zeros(1, 1, num_heads, 1, 1))
-        # Python-side flags, deliberately not in the state dict (as in the official release).
-        self._rates_initialised = {"firing_rate_x": False, "firing_rate_attn": False}
+        # Whether each buffer has seen a training batch: a tensor, so that compiled graphs read it
+        # without recompiling; deliberately not in the state dict (the official release keeps it
+        # outside too). ``_rates_initialised`` is the dict view that run checkpoints store.
+        self.register_buffer("rates_seen", torch.zeros(2, dtype=torch.bool), persistent=False)
         self._freeze_rates = False  # set while activation checkpointing recomputes the block
 
         self.activation_in = build_neuron(neuron, backend)
@@ -111,21 +204,31 @@ class DSSA(nn.Module):
         self.Wproj = SeqConv2d(dim, dim, 1, bias=False)
         self.norm_proj = SeqBatchNorm2d(dim)
 
+    @property
+    def _rates_initialised(self) -> "_RateFlags":
+        """``{"firing_rate_x": bool, "firing_rate_attn": bool}`` view of :attr:`rates_seen`."""
+        return _RateFlags(self.rates_seen)
+
     def _update_rate(self, name: str, spikes: torch.Tensor) -> torch.Tensor:
-        """Fold the batch firing rate per head into buffer ``name`` (training only); return the buffer."""
+        """Fold the batch firing rate per head into buffer ``name`` (training only); return the buffer.
+
+        The first training batch of a module sets a buffer that is still all zero to the batch
+        rate; every batch then takes a moving average with weight ``momentum`` on the old value.
+        """
+        buf = getattr(self, name)
         if self.training and not self._freeze_rates:
             rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True, dtype=torch.float32)
             if self.sync_rates and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 rate = rate.clone()
                 dist.all_reduce(rate)
                 rate = rate / dist.get_world_size()
-            current = getattr(self, name)
-            if not self._rates_initialised[name] and torch.all(current == 0):
-                current = rate
-            self._rates_initialised[name] = True
-            current = current * self.momentum + rate * (1 - self.momentum)
-            setattr(self, name, current.to(getattr(self, name).dtype))
-        return getattr(self, name)
+            i = _RateFlags.NAMES.index(name)
+            start_fresh = (~self.rates_seen[i]) & (buf == 0).all()
+            current = torch.where(start_fresh, rate, buf)
+            with torch.no_grad():
+                buf.copy_(current * self.momentum + rate * (1 - self.momentum))
+                self.rates_seen[i] = True
+        return buf
 
     @staticmethod
     def _scale(rate: torch.Tensor, size: float) -> torch.Tensor:
@@ -137,12 +240,9 @@ class DSSA(nn.Module):
         t, b, c, h, w = x.shape
         heads = self.num_heads
         s = self.activation_in(x)
-        y = self.W(s)
-        if not y.is_contiguous():
-            # the attention reads y in channels-first order: reorder before BatchNorm, not after, so
-            # that BatchNorm's backward sees input and gradient in one layout (mixed is ~10x slower)
-            y = y.contiguous()
-        y = self.norm(y)
+        # the attention reads y in channels-first order: reorder before BatchNorm, not after, so
+        # that BatchNorm's backward sees input and gradient in one layout (mixed is ~10x slower)
+        y = self.norm(channels_first(self.W(s)))
         num_patches = y.shape[-2] * y.shape[-1]
         y = y.reshape(t, b, heads, 2 * c // heads, num_patches)
         y1, y2 = y[:, :, :, : c // heads, :], y[:, :, :, c // heads :, :]
@@ -153,9 +253,7 @@ class DSSA(nn.Module):
         attn = self.activation_attn(attn)
 
         scale2 = self._scale(self._update_rate("firing_rate_attn", attn), num_patches)
-        out = (self.matmul2(y2, attn) * scale2).reshape(t, b, c, h, w)
-        if is_channels_last_5d(x):  # keep the block's output in its input's layout
-            out = to_channels_last_5d(out)
+        out = like_layout((self.matmul2(y2, attn) * scale2).reshape(t, b, c, h, w), x)
         out = self.activation_out(out)
         return self.norm_proj(self.Wproj(out)) + x
 
@@ -251,6 +349,7 @@ class SpikingResformer(nn.Module):
         ffn_ratio: int = 4,
         sync_firing_rates: bool = True,
         memory_format: str = "auto",
+        global_pool: str = "avg",
         **kwargs: Any,
     ):
         super().__init__()
@@ -278,7 +377,11 @@ class SpikingResformer(nn.Module):
         self.num_features = self.head_hidden_size = planes[-1]
         self.neuron = neuron
         self.grad_checkpointing = False
-        self.return_steps = False
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+        self.global_pool = global_pool
+        #: reject NaN/inf input in eager mode (a data-dependent check: compiled graphs skip it)
+        self.check_finite_input = True
         self.stem_stride = 4 if prologue == "imagenet" else 1
 
         if prologue == "imagenet":
@@ -351,9 +454,15 @@ class SpikingResformer(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs (0 removes it)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"SpikingResformer only supports global_pool='avg', got {global_pool!r}")
+        """Replace the classifier with a fresh one of ``num_classes`` outputs (0 removes it).
+
+        ``global_pool=""`` also removes the pooling (with no classifier, ``forward`` then returns
+        the time-averaged feature map ``[B, C, H, W]``); ``"avg"`` restores it.
+        """
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+            self.global_pool = global_pool
         self.num_classes = num_classes
         ref = next(self.parameters())
         self.classifier = (
@@ -367,35 +476,12 @@ class SpikingResformer(nn.Module):
     # -- input handling -------------------------------------------------------------------------
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is ``[B, C, H, W]`` or ``[B, T, C, H, W]`` of a valid size."""
-        expected = (
-            f"[B, {self.in_chans}, H, W] images or [B, T, {self.in_chans}, H, W] event frames, "
-            f"H and W multiples of {self.size_divisor}"
-        )
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"expected a tensor of {expected}, got {type(x).__name__}")
-        if x.dim() not in (4, 5):
-            raise ValueError(f"expected {expected}; got a {x.dim()}-d tensor of shape {tuple(x.shape)}")
-        c, h, w = x.shape[-3:]
-        if c != self.in_chans:
-            raise ValueError(f"expected {expected}; got {c} channels in shape {tuple(x.shape)}")
-        if h % self.size_divisor or w % self.size_divisor or h == 0 or w == 0:
-            raise ValueError(
-                f"expected {expected}; got spatial size {h}x{w} in shape {tuple(x.shape)}, which the "
-                f"stages cannot divide evenly"
-            )
-        if x.dim() == 5 and x.shape[1] < 1:
-            raise ValueError(f"expected at least one time step, got shape {tuple(x.shape)}")
+        """Raise ``ValueError`` unless ``x`` is a valid floating-point ``[B, C, H, W]`` or ``[B, T, C, H, W]``."""
+        check_image_input(x, self.in_chans, self.size_divisor, self.check_finite_input)
 
     def use_channels_last(self, x: torch.Tensor) -> bool:
         """Whether feature maps are kept channels-last for this input (see ``memory_format``)."""
-        if self.memory_format == "channels_last":
-            return True
-        if self.memory_format == "contiguous" or x.device.type != "cpu":
-            return False
-        # measured on CPU: oneDNN's bfloat16 convolutions are several times faster on channels-last
-        # input, while float32 ones are faster on contiguous input
-        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return use_channels_last(x, self.memory_format)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> ``[T, B, C, H, W]`` after the prologue.
@@ -403,16 +489,8 @@ class SpikingResformer(nn.Module):
         A static image is the same at every step, so the stem convolution runs once and its output
         is repeated over T (the official code repeats the image first; the result is the same).
         """
-        self.check_input(x)
-        channels_last = self.use_channels_last(x)
-        if x.dim() == 5:
-            x = x.transpose(0, 1)
-            return self.prologue(to_channels_last_5d(x) if channels_last else x)
-        y = self.prologue[0](x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-        if channels_last:  # repeat over T in [T, B, H, W, C] memory order
-            y = y.permute(0, 2, 3, 1).unsqueeze(0).expand(self.T, -1, -1, -1, -1).contiguous().permute(0, 1, 4, 2, 3)
-        else:
-            y = y.unsqueeze(0).expand(self.T, *y.shape).contiguous()
+        check_image_input(x, self.in_chans, self.size_divisor, self.check_finite_input)
+        y = repeat_over_time(self.prologue[0](prepare_input(x, self.memory_format)), self.T)
         for m in self.prologue[1:]:
             y = m(y)
         return y
@@ -424,32 +502,54 @@ class SpikingResformer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Input -> last stage's output ``[T, B, C, H', W']`` (real-valued)."""
+    def forward_features_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> last stage's output per step ``[T, B, C, H', W']`` (real-valued)."""
         x = self._stem(x)
         for stage in self.layers:
             for block in stage:
                 x = self._run_block(block, x)
         return x
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> last stage's output averaged over time, ``[B, C, H', W']`` (timm's convention).
+
+        The mean over time of the last feature map is what the linear head sees: pooling and the
+        classifier are linear, so ``forward_head(forward_features(x))`` equals ``forward(x)`` up to
+        floating-point rounding (``forward`` averages the per-step logits, as the official code does).
+        """
+        return self.forward_features_steps(x).mean(0)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``[T, B, C, H, W]`` features -> logits ``[B, num_classes]`` averaged over T."""
-        return self._head_steps(x, pre_logits).mean(0)
+        """Features -> logits ``[B, num_classes]`` (or pooled features with ``pre_logits``).
+
+        Takes ``[B, C, H, W]`` (``forward_features``) or per-step ``[T, B, C, H, W]``
+        (``forward_features_steps``, averaged over T after the classifier, as ``forward`` does).
+        """
+        if x.dim() == 5:
+            return self._head_steps(x, pre_logits).mean(0)
+        x = x.mean((-2, -1)) if self.global_pool == "avg" else x
+        return x if pre_logits else self.classifier(x)
 
     def _head_steps(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if x.requires_grad and is_channels_last_5d(x):
-            x = _ChannelsLastGrad.apply(x)
-        x = x.mean((-2, -1))  # global average pool: [T, B, C]
+        x = channels_last_grad(x).mean((-2, -1))  # global average pool: [T, B, C]
         return x if pre_logits else self.classifier(x)
 
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step logits ``[T, B, num_classes]`` (what TET training needs)."""
-        return self._head_steps(self.forward_features(x))
+        return self._head_steps(self.forward_features_steps(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_steps: bool = False) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` averaged over time; per-step ``[T, B, num_classes]`` with ``return_steps``.
+
+        With ``global_pool=""`` and no classifier, the time-averaged feature map ``[B, C, H, W]``.
+        """
+        # ``is True`` rather than truthiness: under FX symbolic tracing the argument is a Proxy
+        # (which has no truth value), and tracing then takes the default, averaged output
+        per_step = return_steps is True
+        if self.global_pool == "" and self.num_classes == 0 and not per_step:
+            return self.forward_features(x)
         steps = self.forward_steps(x)
-        # ``return_steps`` lets wrappers that only hook ``forward`` (DDP) obtain per-step logits.
-        return steps if self.return_steps else steps.mean(0)
+        return steps if per_step else steps.mean(0)
 
     def forward_intermediates(
         self,
@@ -460,10 +560,11 @@ class SpikingResformer(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (timm's feature API).
+        """Stage outputs (timm's feature API): ``(final features, [stage outputs])``.
 
-        ``output_fmt="NCHW"`` averages each stage output over time (``[B, C, H, W]``);
-        ``"TNCHW"`` keeps the time axis (``[T, B, C, H, W]``).
+        ``output_fmt="NCHW"`` averages each stage output over time (``[B, C, H, W]``; the final
+        features equal :meth:`forward_features`); ``"TNCHW"`` keeps the time axis
+        (``[T, B, C, H, W]``, the final features as :meth:`forward_features_steps`).
         """
         if output_fmt not in ("NCHW", "TNCHW"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'TNCHW', got {output_fmt!r}")
@@ -478,7 +579,7 @@ class SpikingResformer(nn.Module):
                 intermediates.append(x.mean(0) if output_fmt == "NCHW" else x)
         if intermediates_only:
             return intermediates
-        return self.forward_head(x), intermediates
+        return (x.mean(0) if output_fmt == "NCHW" else x), intermediates
 
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -544,6 +645,31 @@ def _frozen_buffers(block: nn.Module) -> Iterator[None]:
                 buf.copy_(saved[name])
 
 
+class _RateFlags:
+    """Dict-like view (``firing_rate_x``/``firing_rate_attn`` -> bool) of a DSSA's ``rates_seen`` tensor."""
+
+    NAMES = ("firing_rate_x", "firing_rate_attn")
+
+    def __init__(self, seen: torch.Tensor) -> None:
+        self._seen = seen
+
+    def __getitem__(self, key: str) -> bool:
+        return bool(self._seen[self.NAMES.index(key)])
+
+    def __setitem__(self, key: str, value: bool) -> None:
+        with torch.no_grad():
+            self._seen[self.NAMES.index(key)] = bool(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def keys(self):
+        return list(self.NAMES)
+
+    def items(self):
+        return [(k, self[k]) for k in self.NAMES]
+
+
 # --------------------------------------------------------------------------------------------------
 # Registered variants
 # --------------------------------------------------------------------------------------------------
@@ -568,7 +694,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return cfg
 
 
-#: Constructor arguments of the six published variants (SPEC section 4).
+#: Constructor arguments of the six published variants (the paper's Table 1 and the official configs).
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "spikingresformer_ti": dict(planes=(64, 192, 384), num_heads=(1, 3, 6), prologue="imagenet"),
     "spikingresformer_s": dict(planes=(64, 256, 512), num_heads=(1, 4, 8), prologue="imagenet"),
@@ -582,6 +708,9 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
         img_size=64, num_classes=11, T=16,
     ),
 }
+
+#: Variants trained on event-camera frames ``[B, T, C, H, W]`` rather than images.
+EVENT_VARIANTS = frozenset({"spikingresformer_dvsg"})
 
 #: Simulation steps of each variant's published recipe (ImageNet/CIFAR: 4; DVS128 Gesture: 16).
 DEFAULT_T: Dict[str, int] = {name: int(args.get("T", 4)) for name, args in VARIANTS.items()}
@@ -612,7 +741,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SpikingRes
         **args,
     )
     # timm's PretrainedCfg has no field for the number of time steps; add it to the resolved dict.
-    model.pretrained_cfg = dict(model.pretrained_cfg, T=DEFAULT_T[variant])
+    model.pretrained_cfg = dict(
+        model.pretrained_cfg, T=DEFAULT_T[variant], input_kind="events" if variant in EVENT_VARIANTS else "images"
+    )
     model.default_cfg = model.pretrained_cfg
     return model
 

@@ -1,6 +1,8 @@
-"""The ``fused`` neuron backend: forward and backward each one pass over time in one autograd node.
+"""The ``fused`` neuron backend: forward and backward each one pass over time, as custom operators.
 
-Two implementations sit behind the same :class:`torch.autograd.Function`:
+``torch.ops.spikingresformer.fused_neuron_forward`` and ``..._backward`` (see :mod:`.common`) are
+one node each for autograd, ``torch.compile`` and ``torch.export``. Two implementations sit behind
+them:
 
 * ``"c"`` (default on CPU): a small C kernel (``_csource.py``) built on first use with the system C
   compiler (``gcc``/``cc``, or ``$CC``) into ``~/.cache/spikingresformer/kernels`` and called
@@ -17,8 +19,8 @@ PLIF also keeps a reference to its input ``x`` (needed for the gradient of ``w``
 arithmetic is the reference loop's, operation for operation, so spikes are bit-identical; gradients
 agree to rounding (the PLIF ``w`` gradient is accumulated in float64).
 
-``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``) forces an implementation;
-``SPIKINGRESFORMER_CACHE_DIR`` moves the kernel cache.
+``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``, read once per process) or
+:func:`use_impl` forces an implementation; ``SPIKINGRESFORMER_KERNEL_CACHE`` moves the kernel cache.
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._csource import C_SOURCE, KINDS
-from .common import needs_autograd, plif_w_grad, unpack_decay
+from .common import register_neuron_ops
 from .surrogate import atan_surrogate_grad
 
-__all__ = ["fused_multistep", "lazy_triton_multistep", "c_kernel_available", "build_c_kernel", "IMPL_ENV_VAR", "CACHE_ENV_VAR"]
+__all__ = ["FUSED_OPS", "fused_multistep", "c_kernel_available", "build_c_kernel", "use_impl", "IMPL_ENV_VAR",
+           "CACHE_ENV_VAR"]
 
 IMPL_ENV_VAR = "SPIKINGRESFORMER_FUSED_IMPL"
-CACHE_ENV_VAR = "SPIKINGRESFORMER_CACHE_DIR"
+CACHE_ENV_VAR = "SPIKINGRESFORMER_KERNEL_CACHE"
 
 _DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -183,12 +186,38 @@ def c_kernel_available() -> bool:
     return _get_lib() is not None
 
 
-def _impl_for(x: torch.Tensor) -> str:
-    """``"c"`` or ``"torch"`` for input ``x``, honouring ``SPIKINGRESFORMER_FUSED_IMPL``."""
-    global _warned
-    choice = os.environ.get(IMPL_ENV_VAR, "auto").lower() or "auto"
+_impl_choice: Optional[str] = None
+
+
+def _chosen_impl() -> str:
+    """``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``), read once per process."""
+    global _impl_choice
+    if _impl_choice is None:
+        choice = os.environ.get(IMPL_ENV_VAR, "auto").lower() or "auto"
+        if choice not in ("auto", "c", "torch"):
+            raise ValueError(f"{IMPL_ENV_VAR} must be 'auto', 'c' or 'torch', got {choice!r}")
+        _impl_choice = choice
+    return _impl_choice
+
+
+@contextmanager
+def use_impl(choice: str) -> Iterator[None]:
+    """Force the ``fused`` backend's implementation (``"c"``, ``"torch"`` or ``"auto"``) inside a block."""
+    global _impl_choice
     if choice not in ("auto", "c", "torch"):
-        raise ValueError(f"{IMPL_ENV_VAR} must be 'auto', 'c' or 'torch', got {choice!r}")
+        raise ValueError(f"fused implementation must be 'auto', 'c' or 'torch', got {choice!r}")
+    old = _chosen_impl()
+    _impl_choice = choice
+    try:
+        yield
+    finally:
+        _impl_choice = old
+
+
+def _impl_for(x: torch.Tensor) -> str:
+    """``"c"`` or ``"torch"`` for input ``x``."""
+    global _warned
+    choice = _chosen_impl()
     if choice == "torch" or x.device.type != "cpu" or x.dtype not in _DTYPE_NAMES:
         return "torch"
     lib = _get_lib()
@@ -319,95 +348,59 @@ def _torch_backward(hs: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Ten
     return grad_x, gk
 
 
-class FusedNeuronFunction(torch.autograd.Function):
-    """Multi-step neuron with a one-node graph; ``w`` is PLIF's raw weight (``None`` for LIF/IF)."""
+def _coef(kind: str, tau: float, w: Optional[torch.Tensor], impl: str, device: torch.device) -> Any:
+    """The charge coefficient: PLIF's ``sigmoid(w)`` (a float for the C kernel), LIF's tau, or 1."""
+    if kind == "plif":
+        k = torch.sigmoid(w.detach())  # type: ignore[union-attr]
+        return k.item() if impl == "c" else k.to(device)
+    return tau if kind == "lif" else 1.0
 
-    @staticmethod
-    def forward(ctx, x, w, kind, tau, vth, vr, alpha, impl):  # type: ignore[override]
-        if kind == "plif":
-            k = torch.sigmoid(w.detach())
-            coef: Any = k.item() if impl == "c" else k.to(x.device)
-        else:
-            k = None
-            coef = tau if kind == "lif" else 1.0
-        if impl == "c":
-            xc = x if _time_major_dense(x) else x.contiguous()
-            spikes, h = _c_forward(xc, kind, coef, vth, vr, True)
-        else:
-            xc = x
-            spikes, h = _torch_forward(x, kind, coef, vth, vr, True)
-        ctx.kind, ctx.coef, ctx.vth, ctx.vr, ctx.alpha, ctx.impl = kind, coef, vth, vr, alpha, impl
-        if kind == "plif":
-            ctx.save_for_backward(h, xc, k)
-        else:
-            ctx.save_for_backward(h)
-        return spikes
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        saved = ctx.saved_tensors
-        h = saved[0]
-        x = saved[1] if ctx.kind == "plif" else None
-        if ctx.impl == "c":
-            grad_x, gk = _c_backward(h, x, _like(h, grad), ctx.kind, ctx.coef, ctx.vth, ctx.vr, ctx.alpha)
-        else:
-            grad_x, gk = _torch_backward(h, x, grad, ctx.kind, ctx.coef, ctx.vth, ctx.vr, ctx.alpha)
-        grad_w = None
-        if ctx.kind == "plif" and ctx.needs_input_grad[1]:
-            k = saved[2]
-            grad_w = plif_w_grad(torch.as_tensor(gk, dtype=torch.float64, device=k.device), k)
-        return grad_x, grad_w, None, None, None, None, None, None
+def _forward_impl(x: torch.Tensor, w: Optional[torch.Tensor], kind: str, tau: float, vth: float, vr: float,
+                  store_h: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel of ``spikingresformer::fused_neuron_forward``: spikes and (if asked) the membrane ``h``."""
+    impl = _impl_for(x)
+    coef = _coef(kind, tau, w, impl, x.device)
+    if x.numel() == 0:
+        spikes, h = torch.empty_like(x), (torch.empty_like(x) if store_h else None)
+    elif impl == "c":
+        xc = x if _time_major_dense(x) else x.contiguous()
+        spikes, h = _c_forward(xc, kind, coef, vth, vr, store_h)
+        spikes = _like(torch.empty_like(x), spikes)  # the strides the fake implementation promises
+        h = _like(spikes, h) if h is not None else None
+    else:
+        spikes, h = _torch_forward(x, kind, coef, vth, vr, store_h)
+    return spikes, (h if h is not None else x.new_empty(0))
+
+
+def _backward_impl(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, w: Optional[torch.Tensor],
+                   kind: str, tau: float, vth: float, vr: float, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel of ``spikingresformer::fused_neuron_backward``: ``grad_x`` and the summed gradient of k."""
+    impl = _impl_for(h)
+    coef = _coef(kind, tau, w, impl, h.device)
+    if h.numel() == 0:
+        return torch.empty_like(h), torch.zeros((), dtype=torch.float64, device=h.device)
+    if impl == "c":
+        hc = h if _time_major_dense(h) else h.contiguous()
+        xc = _like(hc, x) if x is not None else None
+        grad_x, gk = _c_backward(hc, xc, _like(hc, grad), kind, coef, vth, vr, alpha)
+        return _like(torch.empty_like(h), grad_x), torch.tensor(gk, dtype=torch.float64, device=h.device)
+    grad_x, gk = _torch_backward(h, x, grad, kind, coef, vth, vr, alpha)
+    return grad_x, gk
+
+
+#: The registered operators (``torch.ops.spikingresformer.fused_neuron_forward`` / ``_backward``).
+FUSED_OPS = register_neuron_ops("fused_neuron", _forward_impl, _backward_impl)
 
 
 def fused_multistep(
     x: torch.Tensor,
     kind: str,
-    decay: Optional[torch.Tensor | float],
-    v_threshold: float,
-    v_reset: float,
-    alpha: float,
+    tau: float = 2.0,
+    w: Optional[torch.Tensor] = None,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    alpha: float = 2.0,
 ) -> torch.Tensor:
-    """Fused multi-step neuron; same signature and results as ``reference_multistep``."""
-    w, tau = unpack_decay(kind, decay)
-    impl = _impl_for(x)
-    vth, vr, alpha = float(v_threshold), float(v_reset), float(alpha)
-    if needs_autograd(x, w):
-        return FusedNeuronFunction.apply(x, w, kind, tau, vth, vr, alpha, impl)
-    # Inference: no autograd node, nothing stored for backward.
-    if kind == "plif":
-        k = torch.sigmoid(w)  # type: ignore[arg-type]
-        coef: Any = k.item() if impl == "c" else k.to(x.device)
-    else:
-        coef = tau if kind == "lif" else 1.0
-    if impl == "c":
-        xc = x if _time_major_dense(x) else x.contiguous()
-        return _c_forward(xc, kind, coef, vth, vr, False)[0]
-    return _torch_forward(x, kind, coef, vth, vr, False)[0]
-
-
-_triton_fn: Any = None
-
-
-def lazy_triton_multistep(
-    x: torch.Tensor,
-    kind: str,
-    decay: Optional[torch.Tensor | float],
-    v_threshold: float,
-    v_reset: float,
-    alpha: float,
-) -> torch.Tensor:
-    """The ``triton`` backend, importing Triton on first use (keeps ``import spikingresformer`` fast)."""
-    global _triton_fn
-    if _triton_fn is None:
-        try:
-            from .triton_backend import triton_multistep
-        except Exception as exc:  # a broken Triton install must not break training
-            warnings.warn(
-                f"spikingresformer: Triton failed to import ({exc}); using the 'fused' backend instead",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            triton_multistep = fused_multistep  # type: ignore[assignment]
-        _triton_fn = triton_multistep
-    return _triton_fn(x, kind, decay, v_threshold, v_reset, alpha)
+    """Fused multi-step neuron; same arguments and results as ``reference_multistep``."""
+    return FUSED_OPS(x, kind, tau, w, v_threshold, v_reset, alpha)

@@ -1,4 +1,4 @@
-"""Multi-step spiking neuron modules (SPEC section 2).
+"""Multi-step spiking neuron modules (equations in ``docs/numerics.md``).
 
 Each module maps a ``[T, ...]`` tensor to spikes of the same shape. The membrane potential exists
 only inside one call: it starts at ``v_reset`` every time, so no reset call is ever needed and two
@@ -11,18 +11,42 @@ import math
 from typing import Optional
 
 import torch
+import torch.fx
 from torch import nn
 
-from .backends import multistep_neuron
+from .backends import backend_from_environment, multistep_neuron
 
-__all__ = ["MultiStepNeuron", "LIF", "PLIF", "IF", "build_neuron"]
+__all__ = ["MultiStepNeuron", "LIF", "PLIF", "IF", "build_neuron", "run_neuron"]
+
+
+def run_neuron(x: torch.Tensor, kind: str, tau: float, w: Optional[torch.Tensor], v_threshold: float,
+               v_reset: float, alpha: float, backend: str, name: str = "neuron") -> torch.Tensor:
+    """Check the input, run the backend and hand spikes on in the autocast dtype.
+
+    One function (FX sees it as one call, ``torch.compile`` as one custom operator for the fused
+    backends) so that a neuron layer stays one node in every graph.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"{name} expects a [T, ...] tensor with at least 2 dimensions, got shape {tuple(x.shape)}")
+    spikes = multistep_neuron(x, kind, tau, w, v_threshold, v_reset, alpha, backend)
+    # Under autocast every consumer of the spikes (convolutions, matmuls) would cast them to the
+    # low-precision dtype itself, once per consumer; spikes are exactly 0/1, so cast them once here.
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        low = torch.get_autocast_dtype(device_type)
+        if spikes.dtype != low:
+            spikes = spikes.to(low)
+    return spikes
+
+
+torch.fx.wrap("run_neuron")
 
 
 class MultiStepNeuron(nn.Module):
-    """Base class: threshold, hard reset value, ATan width and the backend choice.
+    """Base class: threshold, hard reset value, ATan width and the backend.
 
-    ``backend=None`` follows ``SPIKINGRESFORMER_NEURON_BACKEND`` or picks the fastest backend for the
-    input's device; a name forces that backend.
+    ``backend=None`` takes ``$SPIKINGRESFORMER_NEURON_BACKEND`` when the module is built, else
+    ``"auto"`` (the fastest backend for the input's device); a name forces that backend.
     """
 
     kind: str = ""
@@ -38,33 +62,22 @@ class MultiStepNeuron(nn.Module):
         self.v_threshold = float(v_threshold)
         self.v_reset = float(v_reset)
         self.surrogate_alpha = float(surrogate_alpha)
-        self.backend = backend
+        self.backend = backend_from_environment(backend)
 
-    def _decay(self) -> Optional[torch.Tensor | float]:
+    def _tau(self) -> float:
+        return 1.0
+
+    def _w(self) -> Optional[torch.Tensor]:
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2:
-            raise ValueError(
-                f"{type(self).__name__} expects a [T, ...] tensor with at least 2 dimensions, "
-                f"got shape {tuple(x.shape)}"
-            )
-        spikes = multistep_neuron(
-            x, self.kind, self._decay(), self.v_threshold, self.v_reset, self.surrogate_alpha, self.backend
-        )
-        # Under autocast every consumer of the spikes (convolutions, matmuls) would cast them to the
-        # low-precision dtype itself, once per consumer; spikes are exactly 0/1, so cast them once here.
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            low = torch.get_autocast_dtype(device_type)
-            if spikes.dtype != low:
-                spikes = spikes.to(low)
-        return spikes
+        return run_neuron(x, self.kind, self._tau(), self._w(), self.v_threshold, self.v_reset,
+                          self.surrogate_alpha, self.backend, type(self).__name__)
 
     def extra_repr(self) -> str:
         return (
             f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
-            f"surrogate=ATan(alpha={self.surrogate_alpha}), backend={self.backend or 'auto'}"
+            f"surrogate=ATan(alpha={self.surrogate_alpha}), backend={self.backend}"
         )
 
 
@@ -79,7 +92,7 @@ class LIF(MultiStepNeuron):
             raise ValueError(f"LIF needs tau > 1, got {tau}")
         self.tau = float(tau)
 
-    def _decay(self) -> float:
+    def _tau(self) -> float:
         return self.tau
 
     def extra_repr(self) -> str:
@@ -101,7 +114,7 @@ class PLIF(MultiStepNeuron):
             raise ValueError(f"PLIF needs init_tau > 1, got {init_tau}")
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
 
-    def _decay(self) -> torch.Tensor:
+    def _w(self) -> torch.Tensor:
         return self.w
 
     def extra_repr(self) -> str:

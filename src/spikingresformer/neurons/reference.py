@@ -1,7 +1,9 @@
 """The reference neuron backend: a plain PyTorch loop over time that mirrors the official release.
 
 Every step is an ordinary autograd operation, so this backend is slow and keeps T copies of every
-intermediate for backward, but it is the ground truth the fused backends are tested against.
+intermediate for backward, but it is the ground truth the fused backends are tested against. It is
+also what exported ONNX graphs contain (plain element-wise operators, the loop unrolled over T).
+The equations are written out in ``docs/numerics.md``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .common import check_kind
 from .surrogate import spike_atan
 
 __all__ = ["reference_multistep"]
@@ -18,29 +21,34 @@ __all__ = ["reference_multistep"]
 def reference_multistep(
     x: torch.Tensor,
     kind: str,
-    decay: Optional[torch.Tensor | float],
-    v_threshold: float,
-    v_reset: float,
-    alpha: float,
+    tau: float = 2.0,
+    w: Optional[torch.Tensor] = None,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    alpha: float = 2.0,
 ) -> torch.Tensor:
     """Run a multi-step neuron over ``x`` of shape ``[T, ...]`` and return the spikes.
 
-    ``kind`` is ``"lif"`` (``decay`` = tau as a float; the charge divides by it, as the official code
-    does), ``"plif"`` (``decay`` = the raw learnable weight ``w``; the charge multiplies by
-    ``sigmoid(w)``) or ``"if"`` (``decay`` unused). The membrane starts
-    at ``v_reset``; reset is hard and detached from the graph (SPEC section 2).
+    ``kind`` is ``"lif"`` (the charge divides by ``tau``, as the official code does), ``"plif"``
+    (the charge multiplies by ``sigmoid(w)``, ``w`` learnable) or ``"if"`` (no leak). The membrane
+    starts at ``v_reset``; the reset is hard and detached from the graph.
     """
+    check_kind(kind)
+    if kind == "plif" and w is None:
+        raise ValueError("a PLIF neuron needs its weight w")
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad))
     v: torch.Tensor | float = v_reset
-    k = decay.sigmoid() if kind == "plif" else None  # type: ignore[union-attr]
+    k = w.sigmoid() if kind == "plif" else None  # type: ignore[union-attr]
     spikes = []
     for t in range(x.shape[0]):
         if kind == "if":
             h = v + x[t]
         elif kind == "lif":
-            h = v + (x[t] - (v - v_reset)) / decay  # type: ignore[operator]
+            h = v + (x[t] - (v - v_reset)) / tau
         else:
-            h = v + (x[t] - (v - v_reset)) * k  # type: ignore[operator]
-        s = spike_atan(h - v_threshold, alpha)
+            h = v + (x[t] - (v - v_reset)) * k
+        # without autograd, plain operators (what torch.export / ONNX see); the same values
+        s = spike_atan(h - v_threshold, alpha) if differentiable else (h - v_threshold >= 0).to(h.dtype)
         sd = s.detach()
         v = h * (1.0 - sd) + v_reset * sd
         spikes.append(s)

@@ -1,4 +1,4 @@
-"""Heaviside spike function with the ATan surrogate gradient (SPEC section 2)."""
+"""Heaviside spike function with the ATan surrogate gradient."""
 
 from __future__ import annotations
 

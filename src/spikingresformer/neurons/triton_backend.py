@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
-
-from .common import KIND_CODES, needs_autograd, plif_w_grad, unpack_decay
 import triton.language as tl
 
-__all__ = ["triton_multistep", "INTERPRET"]
+from .common import KIND_CODES, register_neuron_ops
+
+__all__ = ["TRITON_OPS", "triton_multistep", "INTERPRET"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -138,73 +137,7 @@ def _launch_opts() -> dict:
     return {} if INTERPRET else {"enable_fp_fusion": False, "num_warps": 4}
 
 
-def _forward(x: torch.Tensor, kind: str, k: Optional[torch.Tensor], tau: float, vth: float, vr: float,
-             store_h: bool):
-    steps = x.shape[0]
-    n = x.numel() // steps
-    spikes = torch.empty_like(x)
-    h = torch.empty_like(x) if store_h else spikes  # dummy pointer when not stored
-    kp = k if k is not None else spikes
-    grid = (triton.cdiv(n, _BLOCK),)
-    _fwd_kernel[grid](
-        x, spikes, h, kp, steps, n, tau, vth, vr,
-        KIND=KIND_CODES[kind], RND=_RND[x.dtype], F64=x.dtype == torch.float64, STORE_H=store_h, BLOCK=_BLOCK,
-        **_launch_opts(),
-    )
-    return spikes, (h if store_h else None)
-
-
-class TritonNeuronFunction(torch.autograd.Function):
-    """Multi-step neuron with Triton forward/backward kernels; ``w`` is PLIF's raw weight or ``None``."""
-
-    @staticmethod
-    def forward(ctx, x, w, kind, tau, vth, vr, alpha):  # type: ignore[override]
-        xc = x.contiguous()
-        k = torch.sigmoid(w.detach()).to(xc.device) if kind == "plif" else None
-        spikes, h = _forward(xc, kind, k, tau, vth, vr, True)
-        ctx.kind, ctx.tau, ctx.vth, ctx.vr, ctx.alpha = kind, tau, vth, vr, alpha
-        if kind == "plif":
-            ctx.save_for_backward(h, xc, k)
-        else:
-            ctx.save_for_backward(h)
-        return spikes
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        saved = ctx.saved_tensors
-        h = saved[0]
-        kind = ctx.kind
-        x = saved[1] if kind == "plif" else h
-        k = saved[2] if kind == "plif" else h
-        grad = grad.contiguous()
-        steps = h.shape[0]
-        n = h.numel() // steps
-        grid = (triton.cdiv(n, _BLOCK),)
-        grad_x = torch.empty_like(h)
-        acc_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-        part = torch.empty(grid[0] if kind == "plif" else 1, dtype=acc_dtype, device=h.device)
-        _bwd_kernel[grid](
-            h, x, grad, grad_x, k, part, steps, n, ctx.tau, ctx.vth, ctx.vr,
-            ctx.alpha / 2.0, math.pi / 2.0 * ctx.alpha,
-            KIND=KIND_CODES[kind], F64=h.dtype == torch.float64, BLOCK=_BLOCK, **_launch_opts(),
-        )
-        grad_w = None
-        if kind == "plif" and ctx.needs_input_grad[1]:
-            grad_w = plif_w_grad(part.double().sum(), k)
-        return grad_x, grad_w, None, None, None, None, None
-
-
-def triton_multistep(
-    x: torch.Tensor,
-    kind: str,
-    decay: Optional[torch.Tensor | float],
-    v_threshold: float,
-    v_reset: float,
-    alpha: float,
-) -> torch.Tensor:
-    """Triton multi-step neuron; same signature and results as ``reference_multistep``."""
-    w, tau = unpack_decay(kind, decay)
+def _check_device(x: torch.Tensor) -> None:
     if x.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
             "the 'triton' neuron backend needs CUDA tensors (or TRITON_INTERPRET=1 set before import); "
@@ -212,10 +145,67 @@ def triton_multistep(
         )
     if x.dtype not in _RND:
         raise TypeError(f"the 'triton' neuron backend does not support dtype {x.dtype}")
-    vth, vr, alpha = float(v_threshold), float(v_reset), float(alpha)
-    if x.numel() == 0:
-        return torch.empty_like(x)
-    if needs_autograd(x, w):
-        return TritonNeuronFunction.apply(x, w, kind, tau, vth, vr, alpha)
-    k = torch.sigmoid(w).to(x.device) if w is not None else None
-    return _forward(x.contiguous(), kind, k, tau, vth, vr, False)[0]
+
+
+def _forward_impl(x: torch.Tensor, w: Optional[torch.Tensor], kind: str, tau: float, vth: float, vr: float,
+                  store_h: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel of ``spikingresformer::triton_neuron_forward``."""
+    _check_device(x)
+    xc = x.contiguous()
+    spikes = torch.empty_like(xc)
+    h = torch.empty_like(xc) if store_h else xc.new_empty(0)
+    steps = x.shape[0]
+    n = x.numel() // max(steps, 1)
+    if n and steps:
+        k = torch.sigmoid(w.detach()).to(xc.device) if kind == "plif" else spikes  # type: ignore[union-attr]
+        _fwd_kernel[(triton.cdiv(n, _BLOCK),)](
+            xc, spikes, h if store_h else spikes, k, steps, n, tau, vth, vr,
+            KIND=KIND_CODES[kind], RND=_RND[x.dtype], F64=x.dtype == torch.float64, STORE_H=store_h,
+            BLOCK=_BLOCK, **_launch_opts(),
+        )
+    if spikes.stride() != x.stride():  # the strides the fake implementation promises
+        spikes = torch.empty_like(x).copy_(spikes)
+        h = torch.empty_like(x).copy_(h) if store_h else h
+    return spikes, h
+
+
+def _backward_impl(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, w: Optional[torch.Tensor],
+                   kind: str, tau: float, vth: float, vr: float, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel of ``spikingresformer::triton_neuron_backward``."""
+    _check_device(h)
+    hc, gc = h.contiguous(), grad.contiguous()
+    xc = x.contiguous() if x is not None else hc
+    k = torch.sigmoid(w.detach()).to(hc.device) if kind == "plif" else hc  # type: ignore[union-attr]
+    steps = h.shape[0]
+    n = h.numel() // max(steps, 1)
+    grad_x = torch.empty_like(hc)
+    if not (n and steps):
+        return torch.empty_like(h), torch.zeros((), dtype=torch.float64, device=h.device)
+    grid = (triton.cdiv(n, _BLOCK),)
+    acc_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    part = torch.empty(grid[0] if kind == "plif" else 1, dtype=acc_dtype, device=h.device)
+    _bwd_kernel[grid](
+        hc, xc, gc, grad_x, k, part, steps, n, tau, vth, vr, alpha / 2.0, math.pi / 2.0 * alpha,
+        KIND=KIND_CODES[kind], F64=h.dtype == torch.float64, BLOCK=_BLOCK, **_launch_opts(),
+    )
+    gk = part.double().sum() if kind == "plif" else torch.zeros((), dtype=torch.float64, device=h.device)
+    if grad_x.stride() != h.stride():
+        grad_x = torch.empty_like(h).copy_(grad_x)
+    return grad_x, gk
+
+
+#: The registered operators (``torch.ops.spikingresformer.triton_neuron_forward`` / ``_backward``).
+TRITON_OPS = register_neuron_ops("triton_neuron", _forward_impl, _backward_impl)
+
+
+def triton_multistep(
+    x: torch.Tensor,
+    kind: str,
+    tau: float = 2.0,
+    w: Optional[torch.Tensor] = None,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    alpha: float = 2.0,
+) -> torch.Tensor:
+    """Triton multi-step neuron; same arguments and results as ``reference_multistep``."""
+    return TRITON_OPS(x, kind, tau, w, v_threshold, v_reset, alpha)

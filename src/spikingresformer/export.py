@@ -1,0 +1,180 @@
+"""Deployment: ``torch.export`` programs and ONNX files of a SpikingResformer.
+
+Both start from :func:`prepare_for_export`: an eval-mode copy with BatchNorm folded into the
+convolutions. A ``torch.export`` program keeps the fused neuron operators (one node per neuron layer;
+loading it needs ``import spikingresformer``). ONNX has no such operator, so for ONNX every neuron
+runs the reference loop, which the exporter writes out as plain element-wise operators with the loop
+over T unrolled (T is fixed at export; so is the image size; the batch axis may be dynamic).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .model.fuse import fuse_for_inference
+from .neurons import MultiStepNeuron
+
+__all__ = ["example_input", "prepare_for_export", "export_program", "export_onnx", "check_onnx"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def example_input(model: nn.Module, batch: int = 1, img_size: Optional[int] = None, T: Optional[int] = None,
+                  events: Optional[bool] = None) -> torch.Tensor:
+    """A random input of the shape the model takes: images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``.
+
+    ``events=None`` follows the model's pretrained config (the DVS variants take event frames).
+    """
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = img_size or getattr(model, "img_size", None) or cfg.get("input_size", (3, 224, 224))[-1]
+    chans = getattr(model, "in_chans", 3)
+    if events is None:
+        events = cfg.get("input_kind") == "events"
+    g = torch.Generator().manual_seed(0)
+    if events:
+        steps = T or getattr(model, "T", 4)
+        return torch.rand(batch, steps, chans, size, size, generator=g).round()
+    return torch.randn(batch, chans, size, size, generator=g)
+
+
+def prepare_for_export(model: nn.Module, neuron_backend: Optional[str] = None, T: Optional[int] = None) -> nn.Module:
+    """An eval-mode copy of ``model`` with BatchNorm folded, optionally with every neuron on ``neuron_backend``."""
+    fused = fuse_for_inference(model)
+    if T is not None:
+        fused.T = int(T)
+    if neuron_backend is not None:
+        for m in fused.modules():
+            if isinstance(m, MultiStepNeuron):
+                m.backend = neuron_backend
+    return fused
+
+
+def _dynamic(x: torch.Tensor, dynamic_batch: bool):
+    if not dynamic_batch:
+        return None
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
+def export_program(model: nn.Module, x: torch.Tensor, path: Optional[PathLike] = None, dynamic_batch: bool = False,
+                   fold: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (folded unless ``fold=False``) on example input ``x``; saved as ``.pt2`` if ``path``."""
+    prepared = prepare_for_export(model) if fold else model.eval()
+    with torch.no_grad():
+        program = torch.export.export(prepared, (x,), dynamic_shapes=_dynamic(x, dynamic_batch))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, os.fspath(path))
+    return program
+
+
+def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch: bool = False,
+                opset: int = 18, optimize: bool = True) -> Path:
+    """Write ``model`` (folded, reference neurons) as an ONNX file for input shaped like ``x``; return the path.
+
+    ``optimize`` runs the exporter's graph optimiser (constant folding, dead-code removal): a smaller
+    file, a slower export.
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(
+            "ONNX export needs the optional 'export' dependencies: pip install 'spikingresformer[export]'"
+        ) from exc
+    prepared = prepare_for_export(model, neuron_backend="reference")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            prepared, (x,), dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
+            dynamic_shapes=_dynamic(x, dynamic_batch), verbose=False, optimize=optimize,
+        )
+    program.save(os.fspath(path))
+    return path
+
+
+def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> Tuple[float, torch.Tensor]:
+    """Check ``path`` with ``onnx.checker``, run it in ONNX Runtime on ``x``; return (relative error, logits).
+
+    The reference is the original model in eager PyTorch. (Folding rounds differently from the
+    unfolded layers; a membrane within rounding of the threshold can flip a spike either way, so
+    ONNX Runtime agrees with eager PyTorch to rounding only where no spike flips.)
+    """
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(os.fspath(path), full_check=True)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    got = torch.from_numpy(out)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    return err, got
+
+
+# -- the ``spikingresformer export`` command ---------------------------------------------------------
+
+
+def add_arguments(p) -> None:
+    """Arguments of ``spikingresformer export``."""
+    p.add_argument("--model", required=True, help="registered variant, e.g. spikingresformer_cifar")
+    p.add_argument("--checkpoint", help="weights (official .pth, our checkpoints, .safetensors); none = fresh")
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="ONNX file or torch.export archive")
+    p.add_argument("--output", required=True, help="file to write (model.onnx / model.pt2)")
+    p.add_argument("--T", type=int, help="time steps (images: repeated T times; events: frames per sample)")
+    p.add_argument("--img-size", type=int, help="input side in pixels (default: the variant's)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the checkpoint's or variant's)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of the example input")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the batch axis vary at run time")
+    p.add_argument("--events", choices=("auto", "yes", "no"), default="auto",
+                   help="input is event frames [B, T, C, H, W] (auto: as the variant was trained)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument("--no-check", action="store_true", help="skip the onnx.checker / ONNX Runtime comparison")
+    p.add_argument("--no-optimize", action="store_true", help="skip the ONNX graph optimiser (faster export)")
+
+
+def run(args) -> int:
+    """Build the model, load weights, export and (for ONNX) check the file against eager PyTorch."""
+    import spikingresformer as sr
+
+    kwargs = {}
+    if args.img_size:
+        kwargs["img_size"] = args.img_size
+    if args.T:
+        kwargs["T"] = args.T
+    if args.num_classes:
+        kwargs["num_classes"] = args.num_classes
+    elif args.checkpoint:
+        state = sr.read_state_dict(args.checkpoint)
+        if "classifier.weight" in state:
+            kwargs["num_classes"] = int(state["classifier.weight"].shape[0])
+    model = sr.create_model(args.model, **kwargs)
+    if args.checkpoint:
+        sr.load_checkpoint(model, args.checkpoint)
+    model.eval()
+    events = None if args.events == "auto" else args.events == "yes"
+    x = example_input(model, args.batch_size, args.img_size, args.T, events)
+    if args.format == "pt2":
+        program = export_program(model, x, args.output, dynamic_batch=args.dynamic_batch)
+        with torch.no_grad():
+            err = ((program.module()(x) - model(x)).abs().max() / model(x).abs().max().clamp_min(1e-30)).item()
+        print(f"wrote {args.output} (torch.export, input {tuple(x.shape)}); max relative difference to eager "
+              f"PyTorch {err:.2e}")
+        return 0
+    export_onnx(model, x, args.output, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                optimize=not args.no_optimize)
+    if args.no_check:
+        print(f"wrote {args.output} (ONNX opset {args.opset}, input {tuple(x.shape)})")
+        return 0
+    err, _ = check_onnx(args.output, model, x)
+    print(f"wrote {args.output} (ONNX opset {args.opset}, input {tuple(x.shape)}); onnx.checker passed; "
+          f"ONNX Runtime against eager PyTorch: max relative difference {err:.2e}")
+    return 0
