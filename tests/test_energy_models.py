@@ -65,7 +65,7 @@ def test_toy_counts(toy_report):
     assert fc.macs_per_step == 8 and fc.outputs_per_step == 8 and fc.weight_elements == 2
     assert fc.input_nonzero == 4 and fc.sops == 8  # 4 spikes x 2 output channels
     assert r.neurons[0].spikes == 4 and r.mean_firing_rate == 0.5
-    assert not stem.bn_after and not fc.bn_after
+    assert not stem.adds_bias and not fc.adds_bias
 
 
 def test_memory_costs_interpolation():
@@ -194,7 +194,7 @@ def test_equivalent_macs_match_a_plain_mac_count(small_cifar):
     for name in ("relu", "quantized"):
         assert equivalent_energy(report, name)["macs"] == macs
     # and the spiking network's folded-BN flags: every conv is followed by a BatchNorm
-    assert all(layer.bn_after == (layer.kind == "conv") for layer in report.layers)
+    assert all(layer.adds_bias == (layer.kind == "conv") for layer in report.layers)
 
 
 def test_models_in_json_csv_and_table(small_cifar, tmp_path):
@@ -261,3 +261,14 @@ def test_sop_count_exact_without_onednn(small_cifar):
         brute = F.conv2d(s, torch.ones_like(m.weight, dtype=torch.float64), stride=m.stride, padding=m.padding,
                          groups=m.groups).sum().item() / x.shape[0]
         assert ours[name] == round(brute), name
+
+
+def test_folded_model_keeps_its_biases(small_cifar):
+    """After BatchNorm folding, each conv's own bias is priced like the folded BatchNorm it replaces."""
+    model, x, _ = small_cifar
+    fused = spikingresformer.fuse_for_inference(model)
+    plain, folded = analyze(model, x), analyze(fused, x)
+    assert folded.bn_ops_per_image_per_step == 0 and plain.bn_ops_per_image_per_step > 0
+    assert [r.adds_bias for r in folded.layers] == [r.adds_bias for r in plain.layers]
+    bias = [c.bias_pj for c in memory_energy(folded)["layers"]]
+    assert bias == pytest.approx([c.bias_pj for c in memory_energy(plain)["layers"]])

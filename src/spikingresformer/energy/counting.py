@@ -96,7 +96,7 @@ class _LayerAcc:
         self.value_sops: Optional[torch.Tensor] = None  # value-weighted additions (non-negative input)
         self.negative = False  # some input value was negative: no value-weighted count
         self.integer = True  # every input value was a whole number (event counts, spikes)
-        self.bn_after = False  # a BatchNorm read this layer's output (foldable into it as a bias)
+        self.adds_bias = False  # own bias, or a BatchNorm reads this layer's output (it folds into a bias)
 
     def add(self, sops: torch.Tensor, nonzero: torch.Tensor, numel: int, binary: torch.Tensor) -> None:
         self.sops = sops if self.sops is None else self.sops + sops
@@ -272,7 +272,7 @@ class EnergyMeter:
             if name is None and self._last_layer is not None and self._last_layer[1] == tuple(x.shape[-3:]):
                 name = self._last_layer[0]  # e.g. a static-image stem's output, repeated over T first
             if name in self._layers:
-                self._layers[name].bn_after = True
+                self._layers[name].adds_bias = True
         self._last_layer = None
 
     def _layer_hook(self, name: str, kind: str, counter):
@@ -283,6 +283,8 @@ class EnergyMeter:
                     acc = self._layers[name] = _LayerAcc(name, kind, module)
                 acc.calls += 1
                 counter(acc, module, args, out)
+                if getattr(module, "bias", None) is not None:
+                    acc.adds_bias = True
                 if isinstance(out, torch.Tensor):
                     root = _root(out)
                     self._layer_outputs[id(root)] = (weakref.ref(root), name)
@@ -431,7 +433,7 @@ class EnergyMeter:
                     steps_computed=per(acc.computed, images),
                     input_nonzero=float(acc.nonzero.item()) / images if acc.nonzero is not None else 0.0,
                     weight_elements=acc.weight_elements,
-                    bn_after=acc.bn_after,
+                    adds_bias=acc.adds_bias,
                     value_sops=(float(acc.value_sops.item()) / images
                                 if acc.value_sops is not None and not acc.negative else None),
                     integer_input=acc.integer,

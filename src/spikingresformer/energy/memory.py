@@ -160,7 +160,7 @@ def _spiking_layer(layer: LayerRecord, report: EnergyReport, c: MemoryCosts) -> 
         b.weights_pj = macs * c.word_pj(weight_buf)
         b.activations_pj = macs * c.word_pj(in_elems * wb) + outputs * c.word_pj(out_buf)
         b.accesses = dict(input_reads=macs, weight_reads=macs, output_writes=outputs)
-    if layer.bn_after:
+    if layer.adds_bias:
         b.bias_pj = outputs * c.e_add_pj
         b.weights_pj += outputs * c.word_pj(weight_buf)
         b.accesses["bias_reads"] = outputs
@@ -217,7 +217,7 @@ def _equivalent_layer(layer: LayerRecord, bits: int, c: MemoryCosts, first: bool
         b.activations_pj = macs * c.word_pj(in_elems * in_bits / 8, in_bits)
     b.activations_pj += outputs * c.word_pj(outputs * wb)
     b.accesses = dict(input_reads=macs, weight_reads=macs, output_writes=outputs)
-    if layer.bn_after:
+    if layer.adds_bias:
         b.bias_pj = outputs * c.e_add_pj
         b.weights_pj += outputs * c.word_pj(layer.weight_elements * wb)
         b.accesses["bias_reads"] = outputs

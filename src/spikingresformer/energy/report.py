@@ -72,7 +72,7 @@ class LayerRecord:
     steps_computed: Number = 0  # steps per image the layer really ran (1 for a static-image stem, else T)
     input_nonzero: float = 0.0  # non-zero input entries per image, all steps (spikes read, for spike input)
     weight_elements: int = 0  # weights (conv, linear) or the real operand's entries per step (matmul)
-    bn_after: bool = False  # a BatchNorm follows: folded into this layer, it leaves one bias per output
+    adds_bias: bool = False  # one bias per output: the layer's own, or a following BatchNorm folded into it
     value_sops: Optional[float] = None  # additions if an input of value c counts as c events (inputs >= 0)
     integer_input: bool = True  # every input value was a whole number (so value_sops counts real events)
 
