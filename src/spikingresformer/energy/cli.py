@@ -4,7 +4,7 @@ Prints a table per stage and per layer with totals under every energy model (``d
 the equivalent networks that do not spike and, with ``--crosscheck``, the per-layer agreement with
 SpikingJelly 2.0's counter. With ``--output DIR`` it writes ``energy.json``, ``layers.csv``,
 ``neurons.csv``, ``energy_models.csv``, ``table.txt``, ``firing_rates.png``, ``sops_per_layer.png``,
-``energy_models.png`` (and ``crosscheck.json`` / ``crosscheck.txt``).
+``energy_models.png``, ``memory_per_layer.png`` (and ``crosscheck.json`` / ``crosscheck.txt``).
 
 The options that name a model or its input are the recipe keys of ``train`` and ``evaluate``
 (``-c recipe.yaml``, ``--model``, ``--T``, ``--img-size``, ``--num-classes``, ``--dataset``,
@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, help="dataset folder, for datasets that need one")
     parser.add_argument("--event", action="store_true",
                         help="synthetic input as [B, T, C, H, W] event frames (default for *_dvsg)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic input")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the synthetic input and of the fresh weights (so runs repeat exactly)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--e-mac-pj", type=float, default=E_MAC_PJ, help="energy per MAC in pJ (default 4.6)")
     parser.add_argument("--e-ac-pj", type=float, default=E_AC_PJ, help="energy per addition in pJ (default 0.9)")
@@ -200,11 +201,12 @@ def write_outputs(report: EnergyReport, table: str, out: Path, plots: bool, chec
         files.append(atomic_write_bytes(out / "crosscheck.json", (json.dumps(check.to_dict(), indent=2) + "\n").encode()))
         files.append(atomic_write_bytes(out / "crosscheck.txt", (check.render() + "\n").encode()))
     if plots:
-        from .plots import plot_energy_models, plot_firing_rates, plot_sops_per_layer
+        from .plots import plot_energy_models, plot_firing_rates, plot_memory_per_layer, plot_sops_per_layer
 
         files.append(plot_firing_rates(report, out / "firing_rates.png"))
         files.append(plot_sops_per_layer(report, out / "sops_per_layer.png"))
         files.append(plot_energy_models(report, out / "energy_models.png"))
+        files.append(plot_memory_per_layer(report, out / "memory_per_layer.png"))
     return files
 
 
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)  # fresh weights (no --checkpoint) are then the same on every run
     model = spikingresformer.create_model(args.model, **opts)
     if args.checkpoint:
         try:
