@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,energy,export]"
+	$(PY) -m pip install -q --no-deps 'spikingjelly==2.0.*'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -190,7 +190,7 @@ def test_cli_writes_json_csv_png(tmp_path, capsys):
     assert data["totals"]["sops_per_image"] > 0 and data["layers"][0]["name"] == "prologue.0"
     assert (out / "layers.csv").read_text().splitlines()[0].startswith("name,stage,kind,spike_input")
     assert len((out / "neurons.csv").read_text().splitlines()) == len(data["neurons"]) + 1
-    for png in ("firing_rates.png", "sops_per_layer.png"):
+    for png in ("firing_rates.png", "sops_per_layer.png", "energy_models.png", "memory_per_layer.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

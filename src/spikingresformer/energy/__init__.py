@@ -1,11 +1,23 @@
-"""Energy and firing-rate analysis (SPEC section 6): per-layer MACs, SOPs, firing rates and energies.
+"""Energy and firing-rate analysis: per-layer MACs, SOPs, firing rates and energies (``docs/energy.md``).
 
 ``analyze(model, inputs)`` runs a model in eval mode on a batch and returns an :class:`EnergyReport`;
 :class:`EnergyMeter` counts during any forward loop (e.g. an evaluation pass); :func:`summarize` gives a
-one-line summary for logs. See ``docs/energy.md`` for the conventions.
+one-line summary for logs. :func:`energy_models` adds the memory-aware estimate and the equivalent
+networks that do not spike; :func:`crosscheck` compares the counts with SpikingJelly 2.0's counter
+(an optional extra).
 """
 
 from .counting import EnergyMeter, analyze, official_param_count, stage_of
+from .sj_crosscheck import CrossCheck, crosscheck, spikingjelly_available
+from .memory import (
+    MemoryCosts,
+    break_even_rate,
+    energy_models,
+    equivalent_energy,
+    memory_energy,
+    quantized_bits,
+    render_energy_models,
+)
 from .report import (
     CONVENTIONS,
     E_AC_PJ,
@@ -20,16 +32,26 @@ from .report import (
 
 __all__ = [
     "CONVENTIONS",
+    "CrossCheck",
     "E_AC_PJ",
     "E_MAC_PJ",
     "EnergyMeter",
     "EnergyReport",
     "LayerRecord",
+    "MemoryCosts",
     "NeuronRecord",
     "analyze",
+    "break_even_rate",
+    "crosscheck",
+    "energy_models",
+    "equivalent_energy",
+    "memory_energy",
     "official_param_count",
+    "quantized_bits",
+    "render_energy_models",
     "render_table",
     "sops_to_mj",
+    "spikingjelly_available",
     "stage_of",
     "summarize",
 ]

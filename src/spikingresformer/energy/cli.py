@@ -1,13 +1,22 @@
 """``spikingresformer energy``: per-layer MACs, SOPs, firing rates and energy of a model on a batch.
 
-Prints a table per stage and per layer with totals under both conventions (SPEC section 6) and,
-with ``--output DIR``, writes ``energy.json``, ``layers.csv``, ``neurons.csv``, ``table.txt``,
-``firing_rates.png`` and ``sops_per_layer.png``.
+Prints a table per stage and per layer with totals under every energy model (``docs/energy.md``),
+the equivalent networks that do not spike and, with ``--crosscheck``, the per-layer agreement with
+SpikingJelly 2.0's counter. With ``--output DIR`` it writes ``energy.json``, ``layers.csv``,
+``neurons.csv``, ``energy_models.csv``, ``table.txt``, ``firing_rates.png``, ``sops_per_layer.png``,
+``energy_models.png``, ``memory_per_layer.png`` (and ``crosscheck.json`` / ``crosscheck.txt``).
+
+The options that name a model or its input are the recipe keys of ``train`` and ``evaluate``
+(``-c recipe.yaml``, ``--model``, ``--T``, ``--img-size``, ``--num-classes``, ``--dataset``,
+``--data-root``, ``--batch-size``): a recipe gives their defaults, a flag overrides it. The other
+options describe the measurement (which batches, which constants), which no recipe holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -17,30 +26,35 @@ import torch
 from .counting import analyze
 from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, render_table, summarize
 
-__all__ = ["add_arguments", "run", "main", "build_inputs", "calibrate_batchnorm"]
+__all__ = ["add_arguments", "apply_recipe", "run", "main", "build_inputs", "calibrate_batchnorm", "write_outputs"]
 
 SYNTHETIC = ("random", "zeros", "ones")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``energy`` subcommand's options to ``parser``."""
-    parser.add_argument("--model", required=True, help="variant name, e.g. spikingresformer_ti")
+    parser.add_argument("-c", "--config", default=None,
+                        help="YAML recipe (configs/*.yaml): its model, T, img_size, num_classes, dataset and "
+                             "data_root become the defaults of the matching flags")
+    parser.add_argument("--model", default=None, help="variant name, e.g. spikingresformer_ti (or from -c)")
     parser.add_argument("--checkpoint", default=None, help="official or package checkpoint to load")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), default=None,
                       help="input channels and spatial size (default: the variant's)")
     size.add_argument("--img-size", type=int, default=None, help="square input side (default: the variant's)")
     parser.add_argument("--T", type=int, default=None, help="time steps (default: the variant's recipe)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per batch")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per batch (default 1; a recipe's batch_size is for training, not used)")
     parser.add_argument("--batches", type=int, default=1, help="batches to average over (dataset input)")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: variant/dataset)")
-    parser.add_argument("--data", default="random",
+    parser.add_argument("--dataset", "--data", dest="data", default=None,
                         help="input: a dataset name (e.g. digits; evaluation split) or synthetic "
-                             f"{'/'.join(SYNTHETIC)} (default random)")
+                             f"{'/'.join(SYNTHETIC)} (default random, or the recipe's dataset)")
     parser.add_argument("--data-root", default=None, help="dataset folder, for datasets that need one")
     parser.add_argument("--event", action="store_true",
                         help="synthetic input as [B, T, C, H, W] event frames (default for *_dvsg)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic input")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the synthetic input and of the fresh weights (so runs repeat exactly)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--e-mac-pj", type=float, default=E_MAC_PJ, help="energy per MAC in pJ (default 4.6)")
     parser.add_argument("--e-ac-pj", type=float, default=E_AC_PJ, help="energy per addition in pJ (default 0.9)")
@@ -49,6 +63,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "before counting; for fresh weights, which barely spike with default statistics")
     parser.add_argument("--output", default=None, help="folder for JSON, CSV and PNG files")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
+    parser.add_argument("--crosscheck", action="store_true",
+                        help="also count with SpikingJelly 2.0's op_counter and compare per layer "
+                             "(needs: pip install --no-deps 'spikingjelly==2.0.*' && pip install loguru)")
+
+
+#: flags that are recipe keys: flag destination -> recipe key
+RECIPE_KEYS = {"model": "model", "T": "T", "img_size": "img_size", "num_classes": "num_classes",
+               "data": "dataset", "data_root": "data_root"}
+
+
+def apply_recipe(args: argparse.Namespace) -> Optional[object]:
+    """Fill the recipe-key flags the user left unset from ``--config``; returns the recipe (or ``None``).
+
+    Without a recipe, ``--data`` defaults to ``random``. ``--model`` is required one way or the other.
+    """
+    recipe = None
+    if getattr(args, "config", None):
+        from ..training.recipe import load_recipe
+
+        recipe = load_recipe(args.config)
+        for dest, key in RECIPE_KEYS.items():
+            if getattr(args, dest, None) is None and not (dest == "img_size" and args.input_size is not None):
+                setattr(args, dest, getattr(recipe, key))
+    if args.data is None:
+        args.data = "random"
+    if not args.model:
+        raise ValueError("no model given: pass --model NAME or a recipe with -c")
+    return recipe
 
 
 def _variant_defaults(name: str) -> Tuple[Tuple[int, int, int], int]:
@@ -60,8 +102,11 @@ def _variant_defaults(name: str) -> Tuple[Tuple[int, int, int], int]:
     return tuple(size), DEFAULT_T[name]  # type: ignore[return-value]
 
 
-def build_inputs(args: argparse.Namespace) -> Tuple[List[torch.Tensor], dict]:
-    """The input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``)."""
+def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> Tuple[List[torch.Tensor], dict]:
+    """The input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``).
+
+    A dataset is read with the recipe's data settings (split, cache, normalisation) when one is given.
+    """
     from .. import VARIANTS
 
     if args.model not in VARIANTS:
@@ -72,7 +117,8 @@ def build_inputs(args: argparse.Namespace) -> Tuple[List[torch.Tensor], dict]:
     elif args.img_size is not None:
         h = w = args.img_size
     T = args.T or T
-    opts = dict(T=T, img_size=h, in_chans=c)
+    opts = dict(getattr(recipe, "model_args", None) or {})  # a recipe's extra constructor arguments
+    opts.update(T=T, img_size=h, in_chans=c)
     if args.num_classes is not None:
         opts["num_classes"] = args.num_classes
     if args.batch_size < 1:
@@ -98,7 +144,11 @@ def build_inputs(args: argparse.Namespace) -> Tuple[List[torch.Tensor], dict]:
 
     if h != w:
         raise ValueError("dataset input needs a square size (--img-size)")
-    dataset, info = build_dataset(args.data, args.data_root, train=False, img_size=h, T=T, augment=False)
+    options = dataclasses.asdict(recipe) if recipe is not None else {}  # type: ignore[call-overload]
+    options.update(img_size=h, T=T, augment=False, dvs_augment=False)
+    for key in ("model", "dataset", "data_root"):
+        options.pop(key, None)
+    dataset, info = build_dataset(args.data, args.data_root, train=False, **options)
     opts["in_chans"] = info.in_chans
     opts.setdefault("num_classes", info.num_classes)
     batches = []
@@ -137,17 +187,26 @@ def calibrate_batchnorm(model: torch.nn.Module, batches: List[torch.Tensor]) -> 
             m.training = flag
 
 
-def _write_outputs(report: EnergyReport, table: str, out: Path, plots: bool) -> List[Path]:
+def write_outputs(report: EnergyReport, table: str, out: Path, plots: bool, check=None) -> List[Path]:
+    """Write the report's files into ``out`` (each one atomically); returns their paths."""
+    from ..fileio import atomic_write_bytes
+
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "energy.json", out / "layers.csv", out / "neurons.csv", out / "table.txt"]
+    files = [out / "energy.json", out / "layers.csv", out / "neurons.csv", out / "energy_models.csv",
+             out / "table.txt"]
     report.to_json(files[0])
-    report.write_csv(files[1], files[2])
-    files[3].write_text(table + "\n")
+    report.write_csv(files[1], files[2], files[3])
+    atomic_write_bytes(files[4], (table + "\n").encode())
+    if check is not None:
+        files.append(atomic_write_bytes(out / "crosscheck.json", (json.dumps(check.to_dict(), indent=2) + "\n").encode()))
+        files.append(atomic_write_bytes(out / "crosscheck.txt", (check.render() + "\n").encode()))
     if plots:
-        from .plots import plot_firing_rates, plot_sops_per_layer
+        from .plots import plot_energy_models, plot_firing_rates, plot_memory_per_layer, plot_sops_per_layer
 
         files.append(plot_firing_rates(report, out / "firing_rates.png"))
         files.append(plot_sops_per_layer(report, out / "sops_per_layer.png"))
+        files.append(plot_energy_models(report, out / "energy_models.png"))
+        files.append(plot_memory_per_layer(report, out / "memory_per_layer.png"))
     return files
 
 
@@ -156,11 +215,13 @@ def run(args: argparse.Namespace) -> int:
     import spikingresformer
 
     try:
-        batches, opts = build_inputs(args)
-    except (ValueError, FileNotFoundError) as e:
+        recipe = apply_recipe(args)
+        batches, opts = build_inputs(args, recipe)
+    except (ValueError, FileNotFoundError) as e:  # RecipeError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)  # fresh weights (no --checkpoint) are then the same on every run
     model = spikingresformer.create_model(args.model, **opts)
     if args.checkpoint:
         try:
@@ -177,7 +238,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    check = None
+    if args.crosscheck:
+        from .sj_crosscheck import crosscheck, spikingjelly_available, INSTALL_HINT
+
+        if not spikingjelly_available():
+            print(f"error: --crosscheck needs SpikingJelly 2.0's op_counter; install it with: {INSTALL_HINT}",
+                  file=sys.stderr)
+            return 2
+        check = crosscheck(model, batches[0], T=opts["T"])
     table = render_table(report)
+    if check is not None:
+        table += "\n\n" + check.render()
     print(table)
     print()
     print(summarize(report))
@@ -185,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         print("note: fresh weights with default BatchNorm statistics barely spike in eval mode; "
               "add --calibrate-bn to re-estimate the statistics on the input first")
     if args.output:
-        for f in _write_outputs(report, table, Path(args.output), plots=not args.no_plots):
+        for f in write_outputs(report, table, Path(args.output), plots=not args.no_plots, check=check):
             print(f"wrote {f}")
     return 0
 

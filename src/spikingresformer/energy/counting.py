@@ -1,4 +1,4 @@
-"""Operation and spike counting with forward hooks (SPEC section 6).
+"""Operation and spike counting with forward hooks (conventions: ``docs/energy.md``).
 
 :class:`EnergyMeter` attaches read-only forward hooks to every convolution, linear layer,
 :class:`~spikingresformer.model.layers.SpikingMatmul`, BatchNorm and spiking neuron of a model and
@@ -7,7 +7,10 @@ accumulates, over every forward call while it is attached:
 * dense multiply-accumulates (MACs) of each counted layer, as if every activation were non-zero;
 * synaptic operations (SOPs): the additions that the non-zero entries of a layer's input trigger,
   counted exactly (border effects, stride, padding and groups included);
-* BatchNorm output elements (the official tool counts 4 operations for each);
+* BatchNorm output elements (the official tool counts 4 operations for each), and which counted
+  layer each BatchNorm follows (so a memory-aware model can treat it as a folded bias);
+* output elements, steps actually computed, and the weight operand's size of each counted layer
+  (what the memory-aware model of :mod:`spikingresformer.energy.memory` needs);
 * spikes and neuron-steps of every neuron layer (firing rates).
 
 A layer's input counts as *spikes* when two things hold: it is (a view of) the output of a
@@ -87,6 +90,13 @@ class _LayerAcc:
         self.binary: Optional[torch.Tensor] = None  # bool scalar: every input value was 0 or 1
         self.after_neuron = True
         self.input_shape: Tuple[int, ...] = ()
+        self.outputs = 0  # output entries summed like ``numel`` (per counted step)
+        self.computed = 0  # samples (image-steps) this layer actually computed
+        self.weight_elements = 0  # parameters (conv, linear) or real operand per sample (matmul)
+        self.value_sops: Optional[torch.Tensor] = None  # value-weighted additions (non-negative input)
+        self.negative = False  # some input value was negative: no value-weighted count
+        self.integer = True  # every input value was a whole number (event counts, spikes)
+        self.adds_bias = False  # own bias, or a BatchNorm reads this layer's output (it folds into a bias)
 
     def add(self, sops: torch.Tensor, nonzero: torch.Tensor, numel: int, binary: torch.Tensor) -> None:
         self.sops = sops if self.sops is None else self.sops + sops
@@ -152,6 +162,8 @@ class EnergyMeter:
         self._B = 0
         self._T = 0
         self._spike_roots: Dict[int, weakref.ReferenceType] = {}
+        self._layer_outputs: Dict[int, Tuple[weakref.ReferenceType, str]] = {}
+        self._last_layer: Optional[Tuple[str, Tuple[int, ...]]] = None  # last counted layer, its sample shape
 
     # -- attach / detach ---------------------------------------------------------------------------
 
@@ -186,6 +198,7 @@ class EnergyMeter:
             h.remove()
         self._handles.clear()
         self._spike_roots.clear()
+        self._layer_outputs.clear()
 
     # -- per-call bookkeeping ----------------------------------------------------------------------
 
@@ -205,12 +218,14 @@ class EnergyMeter:
         self._input_shape = tuple(int(s) for s in x.shape)
         self._device = str(x.device)
         self._spike_roots.clear()
+        self._layer_outputs.clear()
 
     def _on_model_output(self, module: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
         self._images += self._B
         self._image_steps += self._B * self._T
         self._Ts.add(self._T)
         self._spike_roots.clear()
+        self._layer_outputs.clear()
 
     def _repeat(self, samples: int, name: str) -> int:
         """How many of the T steps one call's samples stand for (T for a once-per-image stem, else 1)."""
@@ -242,6 +257,7 @@ class EnergyMeter:
                 acc.add(torch.count_nonzero(out.detach()).double(), out.numel())  # outputs are 0/1 spikes
                 root = _root(out)
                 self._spike_roots[id(root)] = weakref.ref(root)
+                self._last_layer = None
 
         return hook
 
@@ -249,6 +265,15 @@ class EnergyMeter:
         samples = int(out.shape[0]) if out.dim() == 4 else int(out.shape[0] * out.shape[1])
         per_element = 4 if getattr(module, "affine", True) else 2
         self._bn_ops += per_element * out.numel() * self._repeat(samples, "BatchNorm")
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor):
+            entry = self._layer_outputs.get(id(_root(x)))
+            name = entry[1] if entry is not None and entry[0]() is _root(x) else None
+            if name is None and self._last_layer is not None and self._last_layer[1] == tuple(x.shape[-3:]):
+                name = self._last_layer[0]  # e.g. a static-image stem's output, repeated over T first
+            if name in self._layers:
+                self._layers[name].adds_bias = True
+        self._last_layer = None
 
     def _layer_hook(self, name: str, kind: str, counter):
         def hook(module: nn.Module, args: Tuple[Any, ...], out: torch.Tensor) -> None:
@@ -258,6 +283,12 @@ class EnergyMeter:
                     acc = self._layers[name] = _LayerAcc(name, kind, module)
                 acc.calls += 1
                 counter(acc, module, args, out)
+                if getattr(module, "bias", None) is not None:
+                    acc.adds_bias = True
+                if isinstance(out, torch.Tensor):
+                    root = _root(out)
+                    self._layer_outputs[id(root)] = (weakref.ref(root), name)
+                    self._last_layer = (name, tuple(out.shape[-3:]))
 
         return hook
 
@@ -269,11 +300,19 @@ class EnergyMeter:
         return nonzero.double(), torch.count_nonzero(x.eq(1)) == nonzero
 
     def _add_input(self, acc: _LayerAcc, x: torch.Tensor, sops_one_pass: torch.Tensor, repeat: int,
-                   nonzero: torch.Tensor, binary: torch.Tensor) -> None:
-        """Fold one call's spike-operand statistics into ``acc``."""
+                   nonzero: torch.Tensor, binary: torch.Tensor, out: torch.Tensor, samples: int,
+                   value_sops: Optional[torch.Tensor] = None) -> None:
+        """Fold one call's spike-operand statistics (and its output size) into ``acc``."""
         acc.after_neuron = acc.after_neuron and self._is_spike_source(x)
         acc.input_shape = tuple(int(s) for s in x.shape)
         acc.add(sops_one_pass * repeat, nonzero * repeat, x.numel() * repeat, binary)
+        acc.outputs += out.numel() * repeat
+        acc.computed += samples
+        if value_sops is None:
+            acc.negative = True
+        else:
+            v = value_sops * repeat
+            acc.value_sops = v if acc.value_sops is None else acc.value_sops + v
 
     def _count_conv(self, acc: _LayerAcc, m: nn.Conv2d, args: Tuple[Any, ...], out: torch.Tensor) -> None:
         x = args[0]
@@ -290,27 +329,47 @@ class EnergyMeter:
         # non-zero inputs per position (exact in float32: at most in_channels), then float64
         nonzero, binary = self._stats(x4)
         xd = x4.detach()
-        if bool(binary) and xd.dtype == torch.float32:
+        acc.weight_elements = int(m.weight.numel())
+        is_binary = bool(binary)
+        if is_binary and xd.dtype == torch.float32:
             counts = xd.sum(dim=1, keepdim=True)
         else:
             counts = xd.ne(0).sum(dim=1, keepdim=True, dtype=torch.float32)
-        counts = counts.double()
+        sops = self._reach(counts.double(), m) * (m.out_channels // m.groups)
+        value_sops: Optional[torch.Tensor] = sops
+        if not is_binary:
+            # value-weighted: an input entry of value c stands for c events, each fanning out
+            value_sops = None
+            acc.integer = acc.integer and bool(torch.equal(xd, xd.round()))
+            if not bool((xd < 0).any()):
+                mass = xd.double().sum(dim=1, keepdim=True)
+                value_sops = self._reach(mass, m) * (m.out_channels // m.groups)
+        self._add_input(acc, x, sops, repeat, nonzero, binary, out, samples, value_sops)
+
+    @staticmethod
+    def _reach(counts: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
+        """``sum(conv2d(counts, ones))`` over one input channel with ``m``'s geometry (float64)."""
+        kh, kw = m.kernel_size
         padding: Any = m.padding
         if m.padding_mode != "zeros":
             counts = F.pad(counts, m._reversed_padding_repeated_twice, mode=m.padding_mode)
             padding = 0
         ones = torch.ones(1, 1, kh, kw, dtype=torch.float64, device=counts.device)
-        reached = F.conv2d(counts, ones, stride=m.stride, padding=padding, dilation=m.dilation)
-        sops = reached.sum() * (m.out_channels // m.groups)
-        self._add_input(acc, x, sops, repeat, nonzero, binary)
+        return F.conv2d(counts, ones, stride=m.stride, padding=padding, dilation=m.dilation).sum()
 
     def _count_linear(self, acc: _LayerAcc, m: nn.Linear, args: Tuple[Any, ...], out: torch.Tensor) -> None:
         x = args[0]
         samples = math.prod(int(s) for s in x.shape[:-1])
         repeat = self._repeat(samples, acc.name)
         acc.dense_macs += out.numel() * m.in_features * repeat
+        acc.weight_elements = int(m.weight.numel())
         nonzero, binary = self._stats(x)
-        self._add_input(acc, x, nonzero * m.out_features, repeat, nonzero, binary)
+        xd = x.detach()
+        value_sops = None if bool((xd < 0).any()) else xd.double().sum() * m.out_features
+        if not bool(binary):
+            acc.integer = acc.integer and bool(torch.equal(xd, xd.round()))
+        self._add_input(acc, x, nonzero * m.out_features, repeat, nonzero, binary, out, samples,
+                        nonzero * m.out_features if bool(binary) else value_sops)
 
     def _count_matmul(self, acc: _LayerAcc, m: SpikingMatmul, args: Tuple[Any, ...], out: torch.Tensor) -> None:
         left, right = args[0], args[1]
@@ -321,14 +380,16 @@ class EnergyMeter:
         acc.dense_macs += out.numel() * k * repeat
         batch_numel = math.prod(int(s) for s in batch)
         if getattr(m, "spike_operand", "right") == "right":
-            spikes = right
+            spikes, other = right, left
             # sum(ones_like(left) @ right) = M * (column sums of right), broadcast over the batch axes
             factor = int(left.shape[-2]) * batch_numel // math.prod(int(s) for s in right.shape[:-2])
         else:
-            spikes = left
+            spikes, other = left, right
             factor = int(right.shape[-1]) * batch_numel // math.prod(int(s) for s in left.shape[:-2])
+        acc.weight_elements = other.numel() // max(samples, 1)  # the real operand, per image-step
         nonzero, binary = self._stats(spikes)
-        self._add_input(acc, spikes, nonzero * factor, repeat, nonzero, binary)
+        self._add_input(acc, spikes, nonzero * factor, repeat, nonzero, binary, out, samples,
+                        nonzero * factor if bool(binary) else None)
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -368,6 +429,14 @@ class EnergyMeter:
                     binary_input=binary,
                     params=int(params),
                     input_shape=list(acc.input_shape),
+                    outputs_per_step=per(acc.outputs, image_steps),
+                    steps_computed=per(acc.computed, images),
+                    input_nonzero=float(acc.nonzero.item()) / images if acc.nonzero is not None else 0.0,
+                    weight_elements=acc.weight_elements,
+                    adds_bias=acc.adds_bias,
+                    value_sops=(float(acc.value_sops.item()) / images
+                                if acc.value_sops is not None and not acc.negative else None),
+                    integer_input=acc.integer,
                 )
             )
         neurons = [

@@ -7,7 +7,7 @@ from typing import Dict, List, Union
 
 from .report import EnergyReport
 
-__all__ = ["plot_firing_rates", "plot_sops_per_layer", "stage_colours"]
+__all__ = ["plot_energy_models", "plot_firing_rates", "plot_memory_per_layer", "plot_sops_per_layer", "stage_colours"]
 
 
 def _pyplot():
@@ -104,6 +104,94 @@ def plot_sops_per_layer(report: EnergyReport, path: Union[str, Path]) -> Path:
         f"{report.energy_mj('paper'):.3f} mJ (paper), {report.energy_mj('full'):.3f} mJ (full); hatched = real input"
     )
     _legend(ax, colours, [x.stage for x in recs])
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_energy_models(report: EnergyReport, path: Union[str, Path], models: Union[dict, None] = None) -> Path:
+    """Per stage, the spiking network next to its ReLU and quantised equivalents (two panels:
+    per-operation constants and the memory-aware model), in mJ per image."""
+    from .memory import energy_models, quantized_bits
+
+    plt = _pyplot()
+    m = models if models is not None else energy_models(report)
+    stages = [s["stage"] for s in m["stages"]]
+    bits = quantized_bits(report.T)
+    series = [("spiking", f"spiking, T={report.T}", "#1f77b4"), ("relu", "ReLU, T=1", "#7f7f7f"),
+              ("quantized", f"{bits}-bit activations, T=1", "#ff7f0e")]
+    fig, axes = plt.subplots(1, 2, figsize=(max(9.0, 1.9 * len(stages) + 3), 4.6))
+    for ax, suffix, title in ((axes[0], "_ops_mj", "per-operation (E_AC / E_MAC)"),
+                              (axes[1], "_mj", "memory-aware (after Lemaire et al.)")):
+        width = 0.27
+        for j, (key, label, colour) in enumerate(series):
+            vals = [s[f"{key}{suffix}"] for s in m["stages"]]
+            ax.bar([i + (j - 1) * width for i in range(len(stages))], vals, width, label=label, color=colour)
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels(stages)
+        ax.set_ylabel("energy per image (mJ)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    rows = {r["network"]: r for r in m["rows"]}
+    fig.suptitle(
+        f"{report.model}: spiking vs equivalent networks per stage (mean firing rate "
+        f"{report.mean_firing_rate:.3f}; break-even vs {bits}-bit: "
+        f"{_fmt_rate(rows['quantized']['break_even_ops'])} ops, {_fmt_rate(rows['quantized']['break_even_memory'])} memory)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fmt_rate(r) -> str:
+    return "n/a" if r is None else ("any rate" if r >= 1 else f"{r:.3f}")
+
+
+def plot_memory_per_layer(report: EnergyReport, path: Union[str, Path], models: Union[dict, None] = None) -> Path:
+    """Stacked bars of the memory-aware energy of every counted layer by component (uJ per image),
+    then one bar per stage for its neuron updates."""
+    from .memory import CostBreakdown, energy_models
+
+    plt = _pyplot()
+    m = models if models is not None else energy_models(report)
+    layers = m["spiking_memory"]["layers"]
+    neurons = m["spiking_memory"]["neurons"]
+    groups = [
+        ("operations", ("synaptic_pj", "addressing_pj", "dense_pj", "bias_pj", "neuron_pj"), "#2ca02c"),
+        ("weight reads", ("weights_pj",), "#1f77b4"),
+        ("membrane potential", ("potential_pj", "state_pj"), "#d62728"),
+        ("spikes and activations", ("spikes_pj", "activations_pj"), "#9467bd"),
+    ]
+    stages: List[str] = []
+    for n in neurons:
+        if n.stage not in stages:
+            stages.append(n.stage)
+    bars = [(c.name, c) for c in layers]
+    for s in stages:  # one bar per stage for its neuron updates
+        total = CostBreakdown(f"{s} neurons", s)
+        for n in neurons:
+            if n.stage == s:
+                total.add(n)
+        bars.append((f"[{s} neuron updates]", total))
+    width = max(8.0, 0.22 * len(bars) + 2)
+    fig, ax = plt.subplots(figsize=(width, 4.8))
+    bottom = [0.0] * len(bars)
+    for label, keys, colour in groups:
+        vals = [sum(getattr(c, k) for k in keys) / 1e6 for _, c in bars]
+        ax.bar(range(len(bars)), vals, bottom=bottom, color=colour, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels([name for name, _ in bars], rotation=90, fontsize=6)
+    ax.set_xlim(-0.7, len(bars) - 0.3)
+    ax.set_ylabel("memory-aware energy per image (uJ)")
+    ax.set_title(f"{report.model}: memory-aware energy per layer; total "
+                 f"{m['spiking_memory']['total'].total_pj / 1e9:.3f} mJ (after Lemaire et al. 2022)")
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -1,6 +1,6 @@
-"""The energy report: records, totals, the two energy conventions and their text/JSON/CSV forms.
+"""The energy report: records, totals, the two operation-count conventions and their text/JSON/CSV forms.
 
-Conventions (SPEC section 6), all figures per image:
+Conventions (``docs/energy.md`` states each with its source), all figures per image:
 
 * ``macs_per_step`` of a layer: its multiply-accumulates in one time step as if every activation were
   dense (conv: output elements x in_channels/groups x kernel area; linear: output elements x
@@ -19,10 +19,13 @@ Conventions (SPEC section 6), all figures per image:
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
+
+from ..fileio import atomic_write_bytes
 
 __all__ = [
     "E_MAC_PJ",
@@ -65,6 +68,13 @@ class LayerRecord:
     binary_input: bool = False  # value test: every input value was 0 or 1
     params: int = 0
     input_shape: List[int] = field(default_factory=list)  # shape of the (spike) operand in the last call
+    outputs_per_step: Number = 0  # output entries per image per step
+    steps_computed: Number = 0  # steps per image the layer really ran (1 for a static-image stem, else T)
+    input_nonzero: float = 0.0  # non-zero input entries per image, all steps (spikes read, for spike input)
+    weight_elements: int = 0  # weights (conv, linear) or the real operand's entries per step (matmul)
+    adds_bias: bool = False  # one bias per output: the layer's own, or a following BatchNorm folded into it
+    value_sops: Optional[float] = None  # additions if an input of value c counts as c events (inputs >= 0)
+    integer_input: bool = True  # every input value was a whole number (so value_sops counts real events)
 
 
 @dataclass
@@ -187,30 +197,81 @@ class EnergyReport:
             mean_firing_rate=self.mean_firing_rate,
             energy_paper_mj=self.energy_mj("paper"),
             energy_full_mj=self.energy_mj("full"),
+            energy_memory_mj=self.memory_energy_mj(),
         )
+
+    def memory_energy_mj(self) -> float:
+        """Energy per image in mJ under the memory-aware model with its default constants."""
+        from .memory import memory_energy
+
+        return memory_energy(self)["total"].total_pj / PJ_PER_MJ
 
     # -- serialisation -----------------------------------------------------------------------------
 
+    def energy_models(self) -> Dict[str, Any]:
+        """Memory-aware energy and the equivalent networks (see :func:`spikingresformer.energy.memory.energy_models`)."""
+        from .memory import energy_models
+
+        return energy_models(self)
+
+    def event_stem(self) -> Optional[Dict[str, Any]]:
+        """For event input: the stem counted as dense MACs on the counts and as additions per event.
+
+        ``None`` for image input. ``additions_per_event`` treats an input entry of value c as c events,
+        each triggering one addition per weight it reaches; it is a count of events only when
+        ``integer_counts`` (frames resized to the model's size hold fractions of events).
+        """
+        if not self.event_input or not self.layers:
+            return None
+        stem = self.layers[0]
+        steps = stem.steps_computed or self.T
+        macs = stem.macs_per_step * steps
+        adds = stem.value_sops
+        return dict(
+            layer=stem.name,
+            dense_macs=macs,
+            dense_mj=macs * self.e_mac_pj / PJ_PER_MJ,
+            nonzero_additions=stem.sops,
+            additions_per_event=adds,
+            additions_mj=None if adds is None else adds * self.e_ac_pj / PJ_PER_MJ,
+            integer_counts=stem.integer_input,
+            input_events=stem.input_nonzero if stem.binary_input else None,
+        )
+
     def to_dict(self) -> Dict[str, Any]:
-        """JSON-ready dict: settings, ``totals``, ``stages``, ``layers`` and ``neurons`` records."""
+        """JSON-ready dict: settings, ``totals``, ``stages``, ``layers``, ``neurons``, ``energy_models``."""
         head = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layers", "neurons")}
+        models = self.energy_models()
+        mem = models["spiking_memory"]
         layers = []
-        for layer in self.layers:
+        for layer, cost in zip(self.layers, mem["layers"]):
             row = asdict(layer)
             row["energy_paper_mj"] = self.layer_energy_mj(layer, "paper")
             row["energy_full_mj"] = self.layer_energy_mj(layer, "full")
+            row["energy_memory_mj"] = cost.total_pj / PJ_PER_MJ
+            row["memory_pj"] = cost.to_dict()
             layers.append(row)
+        neurons = []
+        for n, cost in zip(self.neurons, mem["neurons"]):
+            row = asdict(n)
+            row["energy_memory_mj"] = cost.total_pj / PJ_PER_MJ
+            row["memory_pj"] = cost.to_dict()
+            neurons.append(row)
         return dict(
             **head,
             conventions=dict(
                 paper="E = E_AC x SOPs of spike-input layers",
                 full="E = E_AC x SOPs of spike-input layers + E_MAC x T x MACs/step of real-input layers",
+                memory="operations and memory accesses after Lemaire et al. 2022 (docs/energy.md)",
                 official_macs="dense MACs of conv, linear and matmul + 4 per BatchNorm output element",
             ),
             totals=self.totals(),
             stages=self.stage_totals(),
             layers=layers,
-            neurons=[asdict(n) for n in self.neurons],
+            neurons=neurons,
+            energy_models=dict(costs=models["costs"], rows=models["rows"], stages=models["stages"],
+                               memory_total_pj=mem["total"].to_dict()),
+            event_stem=self.event_stem(),
         )
 
     @classmethod
@@ -226,27 +287,53 @@ class EnergyReport:
         )
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
-        """The report as JSON text; also written to ``path`` when given."""
+        """The report as JSON text; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write_bytes(path, (text + "\n").encode())
         return text
 
-    def write_csv(self, layers_path: Union[str, Path], neurons_path: Union[str, Path, None] = None) -> None:
-        """Write the layer records (with per-layer energies) and optionally the neuron records as CSV."""
-        rows = self.to_dict()["layers"]
-        with open(layers_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items()})
+    def write_csv(self, layers_path: Union[str, Path], neurons_path: Union[str, Path, None] = None,
+                  models_path: Union[str, Path, None] = None) -> None:
+        """Write the layer records, optionally the neuron records and the energy-model table, as CSV.
+
+        Layer and neuron rows carry their energies under every model; the memory-aware components
+        appear as ``memory_<component>_pj`` columns.
+        """
+        data = self.to_dict()
+        _write_rows(layers_path, [_flat(r) for r in data["layers"]])
         if neurons_path is not None:
-            with open(neurons_path, "w", newline="") as f:
-                names = [x.name for x in fields(NeuronRecord)]
-                writer = csv.DictWriter(f, fieldnames=names)
-                writer.writeheader()
-                for n in self.neurons:
-                    writer.writerow(asdict(n))
+            _write_rows(neurons_path, [_flat(r) for r in data["neurons"]])
+        if models_path is not None:
+            _write_rows(models_path, data["energy_models"]["rows"])
+
+
+def _flat(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A CSV row: lists joined by spaces, the ``memory_pj`` breakdown spread into ``memory_*`` columns."""
+    out: Dict[str, Any] = {}
+    for k, v in row.items():
+        if k == "memory_pj":
+            for mk, mv in v.items():
+                if mk not in ("name", "stage", "accesses"):
+                    out[f"memory_{mk}"] = mv
+        elif isinstance(v, list):
+            out[k] = " ".join(map(str, v))
+        else:
+            out[k] = v
+    return out
+
+
+def _write_rows(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
+    """Write ``rows`` (dicts with the same keys) as a CSV file, atomically."""
+    buf = io.StringIO(newline="")
+    names: List[str] = []
+    for r in rows:
+        names += [k for k in r if k not in names]
+    writer = csv.DictWriter(buf, fieldnames=names or ["name"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(r)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _check_convention(convention: str) -> None:
@@ -274,7 +361,14 @@ def summarize(report: EnergyReport) -> str:
 
 
 def render_table(report: EnergyReport) -> str:
-    """Plain-text table: layers grouped by stage with stage subtotals, totals, neurons and conventions."""
+    """Plain-text table: layers grouped by stage with stage subtotals, totals, neurons, energy models."""
+    from .memory import energy_models, render_energy_models
+
+    models = energy_models(report)
+    mem_uj = {c.name: c.total_pj / 1e6 for c in models["spiking_memory"]["layers"]}
+    neuron_uj = {c.stage: 0.0 for c in models["spiking_memory"]["neurons"]}
+    for c in models["spiking_memory"]["neurons"]:
+        neuron_uj[c.stage] += c.total_pj / 1e6
     out: List[str] = []
     w = max([len(x.name) for x in report.layers] + [len(n.name) for n in report.neurons] + [12])
     out.append(
@@ -287,7 +381,7 @@ def render_table(report: EnergyReport) -> str:
     )
     header = (
         f"{'layer':<{w}}  {'kind':<6} {'input':<6} {'MACs/step':>12} {'SOPs':>12} {'in-rate':>8} "
-        f"{'E paper uJ':>11} {'E full uJ':>11}"
+        f"{'E paper uJ':>11} {'E full uJ':>11} {'E mem uJ':>11}"
     )
     rule = "-" * len(header)
     out += [rule, header, rule]
@@ -301,12 +395,17 @@ def render_table(report: EnergyReport) -> str:
                 f"{x.name:<{w}}  {x.kind:<6} {'spikes' if x.spike_input else 'real':<6} "
                 f"{_si(x.macs_per_step):>12} {_si(x.sops):>12} {x.input_rate:>8.4f} "
                 f"{report.layer_energy_mj(x, 'paper') * 1e3:>11.3f} {report.layer_energy_mj(x, 'full') * 1e3:>11.3f}"
+                f" {mem_uj[x.name]:>11.3f}"
             )
+        if neuron_uj.get(st["stage"]):
+            out.append(f"{'(neuron updates)':<{w}}  {'':<6} {'':<6} {'':>12} {'':>12} {'':>8} {'':>11} {'':>11} "
+                       f"{neuron_uj[st['stage']]:>11.3f}")
         label = f"[{st['stage']} total]"
         sops = f"{_si(st['sops'])}"
+        stage_mem = sum(mem_uj[x.name] for x in rows) + neuron_uj.get(st["stage"], 0.0)
         out.append(
             f"{label:<{w}}  {'':<6} {'':<6} {_si(st['macs_per_step']):>12} {sops:>12} {'':>8} "
-            f"{st['energy_paper_mj'] * 1e3:>11.3f} {st['energy_full_mj'] * 1e3:>11.3f}"
+            f"{st['energy_paper_mj'] * 1e3:>11.3f} {st['energy_full_mj'] * 1e3:>11.3f} {stage_mem:>11.3f}"
         )
         out.append("")
     out.append(rule)
@@ -324,6 +423,9 @@ def render_table(report: EnergyReport) -> str:
         f"mean firing rate (spikes per neuron per step):            {t['mean_firing_rate']:.4f}",
         f"energy, paper convention (E_AC x SOPs):                   {t['energy_paper_mj']:.4f} mJ",
         f"energy, full convention (+ E_MAC x T x real-input MACs):  {t['energy_full_mj']:.4f} mJ",
+        f"energy, memory-aware model (operations + memory traffic): {t['energy_memory_mj']:.4f} mJ",
+        "",
+        render_energy_models(report, models),
         "",
         "firing rates per neuron layer",
         f"{'neuron layer':<{w}}  {'kind':<5} {'neurons/step':>13} {'spikes/img':>12} {'rate':>8}",
