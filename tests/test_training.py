@@ -15,7 +15,7 @@ import torch
 
 import spikingresformer as sr
 from spikingresformer.training import RecipeError, load_recipe, run_training
-from spikingresformer.training.checkpoints import load_training_checkpoint
+from spikingresformer.training.run_state import load_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(

@@ -278,7 +278,6 @@ class SpikingResformer(nn.Module):
         self.num_features = self.head_hidden_size = planes[-1]
         self.neuron = neuron
         self.grad_checkpointing = False
-        self.return_steps = False
         self.stem_stride = 4 if prologue == "imagenet" else 1
 
         if prologue == "imagenet":
@@ -446,10 +445,10 @@ class SpikingResformer(nn.Module):
         """Per-step logits ``[T, B, num_classes]`` (what TET training needs)."""
         return self._head_steps(self.forward_features(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_steps: bool = False) -> torch.Tensor:
+        """Logits ``[B, classes]`` averaged over T, or per step ``[T, B, classes]`` with ``return_steps``."""
         steps = self.forward_steps(x)
-        # ``return_steps`` lets wrappers that only hook ``forward`` (DDP) obtain per-step logits.
-        return steps if self.return_steps else steps.mean(0)
+        return steps if return_steps else steps.mean(0)
 
     def forward_intermediates(
         self,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum, unwrap
+from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["tet_loss", "autocast_context", "train_one_epoch", "evaluate", "progress_bar"]
 
@@ -79,7 +79,7 @@ def train_one_epoch(
 
         with autocast_context(dist.device, amp, amp_dtype):
             if tet:
-                steps = _unwrap_call(model, "forward_steps", images)
+                steps = model(images, return_steps=True)  # a call argument: passes through DDP and compile
                 loss = tet_loss(steps.float(), target, criterion, tet_lambda, tet_phi)
             else:
                 loss = criterion(model(images).float(), target)
@@ -118,20 +118,6 @@ def train_one_epoch(
         "train_images_per_s": total_samples / max(elapsed, 1e-9),
         "train_time_s": elapsed,
     }
-
-
-def _unwrap_call(model: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
-    """Call ``model.<method>`` through DDP so gradient synchronisation still happens.
-
-    DDP only hooks ``forward``; per-step logits are obtained as ``forward`` of a model whose
-    ``return_steps`` flag is set for the duration of the call.
-    """
-    inner = unwrap(model)
-    inner.return_steps = True  # type: ignore[attr-defined]
-    try:
-        return model(x)
-    finally:
-        inner.return_steps = False  # type: ignore[attr-defined]
 
 
 @torch.no_grad()

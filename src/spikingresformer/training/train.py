@@ -12,135 +12,29 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .. import create_model, list_models, load_checkpoint, save_weights
+from .. import load_checkpoint, save_weights
 from ..checkpoint import CheckpointError
-from ..data import build_dataset, dataset_names
-from ..data.registry import DatasetInfo
-from .checkpoints import atomic_save, load_training_checkpoint, rate_flags, rng_state, set_rate_flags, set_rng_state
-from .distributed import DistInfo, ShardedEvalSampler, cleanup_distributed, convert_sync_batchnorm, init_distributed, unwrap
+from .builders import (Logger, build_criterion, build_data, build_model, default_output, energy_summary, eval_loader,
+                       resolve_amp_dtype, train_loader)
+from .run_state import atomic_save, load_training_checkpoint, rate_flags, rng_state, set_rate_flags, set_rng_state
+from .distributed import DistInfo, cleanup_distributed, convert_sync_batchnorm, init_distributed, unwrap
 from .engine import evaluate, train_one_epoch
 from .recipe import Recipe, RecipeError
 
-__all__ = ["run_training", "build_data", "build_model", "eval_loader", "resolve_amp_dtype", "Logger", "data_options"]
-
-
-class Logger:
-    """Prints on rank 0 and appends the same lines to ``<output>/log.txt``."""
-
-    def __init__(self, dist: DistInfo, output: Optional[Path]) -> None:
-        self.enabled = dist.is_main
-        self.file = (output / "log.txt") if (output is not None and self.enabled) else None
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        if self.file is not None:
-            with open(self.file, "a") as f:
-                f.write(line + "\n")
-
-
-def resolve_amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
-    """bfloat16 on CPU and on CUDA devices that support it, else float16 (unless the recipe says)."""
-    if recipe.amp_dtype == "bfloat16":
-        return torch.bfloat16
-    if recipe.amp_dtype == "float16":
-        if device.type == "cpu":
-            raise RecipeError("amp_dtype float16 is not supported on CPU; use bfloat16 or amp: false")
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def data_options(recipe: Recipe) -> Dict[str, Any]:
-    """The data settings of a recipe, as :func:`spikingresformer.data.build_dataset` takes them."""
-    return dict(
-        img_size=recipe.img_size, T=recipe.T, aa=recipe.aa, reprob=recipe.reprob,
-        interpolation=recipe.interpolation, crop_pct=recipe.crop_pct,
-        mean=tuple(recipe.mean) if recipe.mean else None, std=tuple(recipe.std) if recipe.std else None,
-        cifar10dvs_split=recipe.cifar10dvs_split, cache_dir=recipe.cache_dir, seed=recipe.seed,
-        dvs_augment=recipe.dvs_augment,
-    )
-
-
-def _limit(ds: Dataset, n: Optional[int]) -> Dataset:
-    return Subset(ds, range(min(n, len(ds)))) if n is not None else ds  # type: ignore[arg-type]
-
-
-def build_data(recipe: Recipe, train: bool) -> Tuple[Dataset, DatasetInfo]:
-    """Build the training or evaluation data set of ``recipe`` (fails fast on a bad name or folder)."""
-    if recipe.dataset not in dataset_names():
-        raise RecipeError(f"unknown dataset {recipe.dataset!r}; expected one of {dataset_names()}")
-    ds, info = build_dataset(
-        recipe.dataset, recipe.data_root, train, augment=recipe.augment and train, **data_options(recipe)
-    )
-    return _limit(ds, recipe.train_limit if train else recipe.eval_limit), info
-
-
-def build_model(recipe: Recipe, info: DatasetInfo) -> nn.Module:
-    """Create the recipe's model for a data set (classes and channels from the data unless set)."""
-    if recipe.model not in list_models():
-        raise RecipeError(f"unknown model {recipe.model!r}; expected one of {list_models()}")
-    if recipe.num_classes is not None and recipe.num_classes < info.num_classes:
-        raise RecipeError(
-            f"num_classes {recipe.num_classes} is smaller than the {info.num_classes} classes of {info.name}"
-        )
-    kwargs = dict(recipe.model_args)
-    kwargs.setdefault("in_chans", info.in_chans)
-    kwargs.setdefault("memory_format", "channels_last" if recipe.channels_last else "auto")
-    return create_model(
-        recipe.model,
-        num_classes=recipe.num_classes if recipe.num_classes is not None else info.num_classes,
-        T=recipe.T,
-        img_size=recipe.img_size,
-        neuron_backend=recipe.neuron_backend,
-        **kwargs,
-    )
+__all__ = ["run_training"]
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _loaders(recipe: Recipe, dist: DistInfo, train_ds: Dataset, eval_ds: Dataset):
-    pin = dist.device.type == "cuda"
-    train_sampler = DistributedSampler(
-        train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=recipe.seed, drop_last=True
-    )
-    train_loader = DataLoader(
-        train_ds, batch_size=recipe.batch_size, sampler=train_sampler, num_workers=recipe.workers,
-        pin_memory=pin, drop_last=True, persistent_workers=recipe.workers > 0,
-    )
-    return train_sampler, train_loader, eval_loader(recipe, dist, eval_ds)
-
-
-def eval_loader(recipe: Recipe, dist: DistInfo, eval_ds: Dataset) -> DataLoader:
-    """Evaluation loader in which every sample goes to exactly one rank."""
-    return DataLoader(
-        eval_ds, batch_size=recipe.eval_batch_size or recipe.batch_size,
-        sampler=ShardedEvalSampler(len(eval_ds), dist.rank, dist.world_size),  # type: ignore[arg-type]
-        num_workers=recipe.workers, pin_memory=dist.device.type == "cuda",
-    )
-
-
-def _criterion(recipe: Recipe, mixup_on: bool) -> Callable:
-    from timm.loss import SoftTargetCrossEntropy
-
-    if mixup_on:
-        return SoftTargetCrossEntropy()  # mixup produces smoothed soft targets
-    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
 
 @dataclass
@@ -171,11 +65,11 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         raise FileNotFoundError(f"transfer checkpoint {recipe.transfer} does not exist")
     dist = init_distributed(recipe.device)
     try:
-        output = Path(recipe.output or f"runs/{recipe.model}-{recipe.dataset}")
+        output = default_output(recipe)
         if dist.is_main:
             output.mkdir(parents=True, exist_ok=True)
             (output / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        log = Logger(dist, output)
+        log = Logger(dist, output / "log.txt" if dist.is_main else None)
         amp_dtype = resolve_amp_dtype(recipe, dist.device)
 
         _seed_everything(recipe.seed + dist.rank)
@@ -213,7 +107,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
                   num_classes=unwrap(model).num_classes)
             if mixup_on else None
         )
-        criterion = _criterion(recipe, mixup_on)
+        criterion = build_criterion(recipe, mixup_on)
 
         # ---- resume --------------------------------------------------------------------------
         state = _State()
@@ -254,7 +148,8 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         # attention reshapes fails in inductor
         run_model = torch.compile(ddp_model, dynamic=False) if recipe.compile else ddp_model
 
-        train_sampler, train_loader, eval_loader = _loaders(recipe, dist, train_ds, eval_ds)
+        train_sampler, loader = train_loader(recipe, dist, train_ds)
+        ev_loader = eval_loader(recipe, dist, eval_ds)
         log(f"training {recipe.model} ({n_params / 1e6:.3f} M parameters) on {recipe.dataset}: "
             f"{len(train_ds)} train / {len(eval_ds)} eval samples, {dist.world_size} process(es) on "
             f"{dist.device.type}, T={recipe.T}, {recipe.img_size} px, batch {recipe.batch_size}/process, "
@@ -272,7 +167,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             train_sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
             metrics = train_one_epoch(
-                run_model, train_loader, len(train_loader), optimizer, criterion, dist, epoch=epoch,
+                run_model, loader, len(loader), optimizer, criterion, dist, epoch=epoch,
                 mixup_fn=mixup_fn, scaler=scaler, amp=recipe.amp, amp_dtype=amp_dtype, tet=recipe.tet,
                 tet_lambda=recipe.tet_lambda, tet_phi=recipe.tet_phi, clip_grad=recipe.clip_grad,
                 progress=recipe.progress, log_interval=recipe.log_interval,
@@ -280,7 +175,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             )
             scheduler.step(epoch + 1)
             if (epoch + 1) % recipe.eval_interval == 0 or epoch + 1 == recipe.epochs:
-                metrics.update(evaluate(run_model, eval_loader, len(eval_loader), dist, amp=recipe.amp,
+                metrics.update(evaluate(run_model, ev_loader, len(ev_loader), dist, amp=recipe.amp,
                                         amp_dtype=amp_dtype, progress=recipe.progress))
             is_best = "top1" in metrics and metrics["top1"] > state.best_acc1
             if is_best:
@@ -316,7 +211,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
                 f"best top-1 {state.best_acc1:.2f}% at epoch {state.best_epoch}; weights in "
                 f"{output / 'best.safetensors'}, checkpoints in {output}")
         if recipe.energy and dist.is_main and final:
-            _energy_summary(unwrap(model), eval_ds, dist, output, log)
+            energy_summary(unwrap(model), eval_ds, dist.device, output, log)
         if writer is not None:
             writer.close()
         final["params"] = n_params
@@ -345,15 +240,3 @@ def _epoch_line(m: Dict[str, Any]) -> str:
         parts += [f"eval loss {m['eval_loss']:.4f}", f"top-1 {m['top1']:.2f}%", f"top-5 {m['top5']:.2f}%",
                   f"best {m['best_top1']:.2f}%"]
     return " | ".join(parts)
-
-
-def _energy_summary(model: nn.Module, eval_ds: Dataset, dist: DistInfo, output: Path, log: Callable) -> None:
-    """Energy and firing-rate summary on one evaluation batch (see ``spikingresformer.energy``)."""
-    try:
-        from ..energy import analyze, summarize
-    except ImportError:  # pragma: no cover - the energy package is part of the install
-        return
-    batch = torch.stack([eval_ds[i][0] for i in range(min(16, len(eval_ds)))]).to(dist.device)  # type: ignore[index]
-    report = analyze(model, batch)
-    (output / "energy.json").write_text(json.dumps(report.to_dict(), indent=1))
-    log(summarize(report))
