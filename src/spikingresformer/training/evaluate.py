@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .. import load_checkpoint
+from ..fileio import atomic_write_bytes
 from .distributed import cleanup_distributed, init_distributed
 from .engine import evaluate
 from .recipe import Recipe
@@ -44,8 +45,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
                        params=sum(p.numel() for p in model.parameters()), T=recipe.T, img_size=recipe.img_size)
         if dist.is_main:
             path = Path(output_json) if output_json else output / "eval.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(metrics, indent=1))
+            atomic_write_bytes(path, json.dumps(metrics, indent=1).encode())
             if recipe.energy:
                 energy_summary(model, eval_ds, dist.device, output, log)
             log(f"metrics written to {path}")
