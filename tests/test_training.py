@@ -215,6 +215,15 @@ def _cli_args(recipe: dict) -> list:
     return args
 
 
+def _free_port() -> int:
+    """A TCP port nobody listens on (several test runs may share the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_with_sync_bn(tmp_path):
     """2 CPU processes (Gloo) with SyncBN and global batch 16 == 1 process with batch 16."""
@@ -222,7 +231,7 @@ def test_torchrun_two_processes_match_one_with_sync_bn(tmp_path):
     env = _env()
     env["OMP_NUM_THREADS"] = "1"
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
          "-m", "spikingresformer", "train"] + _cli_args({**common, "sync_bn": True, "output": str(tmp_path / "two")}),
         env=env, capture_output=True, text=True, timeout=400,
     )

@@ -325,7 +325,7 @@ def _run_epochs(recipe: Recipe, dist: DistInfo, folder: RunFolder, log: Callable
                 writer.flush()
             log(_epoch_line(metrics))
             final = metrics
-            if stop.requested:
+            if stop.requested and epoch + 1 < recipe.epochs:  # after the last epoch the run is simply done
                 _stopped(recipe, log, output, epoch + 1, 0)
     finally:
         if writer is not None:
