@@ -1,4 +1,4 @@
-"""Every recipe file parses and carries the official hyper-parameters of SPEC section 7."""
+"""Every recipe file parses and carries the official hyper-parameters; data options reach the builders as agreed."""
 
 from __future__ import annotations
 
@@ -90,3 +90,34 @@ def test_bad_recipe_files(tmp_path):
     (tmp_path / "typo.yaml").write_text("modle: spikingresformer_ti\n")
     with pytest.raises(RecipeError, match="modle"):
         load_recipe(tmp_path / "typo.yaml")
+
+
+def test_data_options_pass_only_changed_generic_keys_and_data_args():
+    from spikingresformer.training.builders import data_options
+
+    base = data_options(load_recipe(None, {"dataset": "event-digits"}))
+    assert set(base) == {"img_size", "T", "augment", "seed"}
+    r = load_recipe(None, {"dataset": "event-digits", "reprob": "0.25", "mean": "[0.5]", "cache_dir": "/tmp/c",
+                           "data_args": "{data_seed: 3, sensor_size: 16}"})
+    opts = data_options(r)
+    assert opts == {**base, "reprob": 0.25, "mean": (0.5,), "cache_dir": "/tmp/c", "data_seed": 3, "sensor_size": 16}
+    with pytest.raises(RecipeError, match=r"data_args may not set \['T'\]"):
+        data_options(load_recipe(None, {"data_args": "{T: 3}"}))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"clip_grad": "-1"}, r"'clip_grad' is -1.0; allowed: null \(off\) or a number > 0"),
+        ({"seed": "-3"}, r"'seed' is -3"),
+        ({"crop_pct": "1.5"}, r"'crop_pct' is 1.5; allowed: null or a number in \(0, 1\]"),
+        ({"std": "[0.5, 0]"}, r"'std' is \[0.5, 0.0\]"),
+        ({"cifar10dvs_split": "random:x"}, r"'cifar10dvs_split' is 'random:x'"),
+        ({"interpolation": "cubic"}, r"'interpolation' is 'cubic'"),
+        ({"opt": "adamq"}, r"'opt' is 'adamq'"),
+        ({"workers": "-1"}, r"'workers' is -1; allowed: an integer >= 0"),
+    ],
+)
+def test_every_key_has_its_range_checked(overrides, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(None, overrides)

@@ -10,12 +10,12 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-__all__ = ["LoadResult", "CheckpointError", "read_state_dict", "load_checkpoint", "save_weights"]
+__all__ = ["LoadResult", "CheckpointError", "read_checkpoint_file", "read_state_dict", "load_checkpoint", "save_weights"]
 
 PathLike = Union[str, os.PathLike]
 _CONTAINER_KEYS = ("model", "state_dict", "model_ema")
@@ -45,6 +45,72 @@ def _strip_prefixes(state: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _sniff(path: Path) -> str:
+    """What a file holds, judged by its first bytes: ``torch``, ``torch-legacy`` or ``safetensors``.
+
+    Raises :class:`CheckpointError` naming what the file is when it is none of them.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (was its write interrupted?)")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{":
+        header_len = int.from_bytes(head[:8], "little")
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"{path} is a truncated safetensors file: its header needs {header_len} bytes but the file "
+                f"holds {size} (was its write or download interrupted?)"
+            )
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
+    shown = head[:12].decode("ascii", "replace")
+    kind = "a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "an unknown binary file"
+    raise CheckpointError(
+        f"{path} is {kind} (it starts with {shown!r}), not a checkpoint: expected a PyTorch file "
+        f"(torch.save) or a .safetensors file"
+    )
+
+
+def read_checkpoint_file(path: PathLike) -> Any:
+    """Read a checkpoint file without running code from it; the format is judged by content, not name.
+
+    Every problem (missing, a directory, empty, truncated, text, objects other than tensors and
+    plain containers) is a :class:`CheckpointError` (``FileNotFoundError`` when absent) that says
+    what the file is and why it cannot be used.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error type for damaged files
+            raise CheckpointError(f"{path} is a damaged safetensors file: {e}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain containers "
+            f"(loading it would run code from the file). Details: {str(e).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        what = "a truncated or damaged PyTorch file" if kind == "torch" else "a damaged legacy PyTorch file"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is {what} ({path.stat().st_size} bytes): {first}") from None
+
+
 def read_state_dict(source: Union[PathLike, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
     """Return the model state dict held by ``source``.
 
@@ -53,21 +119,7 @@ def read_state_dict(source: Union[PathLike, Mapping[str, Any]]) -> Dict[str, tor
     both accepted.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path))
-        else:
-            try:
-                data = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise CheckpointError(
-                    f"refused to load {path}: it holds objects other than tensors and plain containers "
-                    f"(loading it would run code from the file). Details: {e}"
-                ) from None
+        data: Any = read_checkpoint_file(source)
     elif isinstance(source, Mapping):
         data = source
     else:
@@ -85,6 +137,12 @@ def read_state_dict(source: Union[PathLike, Mapping[str, Any]]) -> Dict[str, tor
             f"(top-level keys: {sorted(data)[:10]})"
         )
     return _strip_prefixes(dict(data))
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "float" if (dtype.is_floating_point or dtype.is_complex) else "integer"
 
 
 def load_checkpoint(
@@ -111,6 +169,17 @@ def load_checkpoint(
         for k, v in state.items()
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
+    wrong_dtype = [
+        f"{k}: checkpoint {v.dtype} vs model {own[k].dtype}"
+        for k, v in state.items()
+        if k in own and _dtype_kind(v.dtype) != _dtype_kind(own[k].dtype)
+    ]
+    if wrong_dtype:
+        raise CheckpointError(
+            "checkpoint tensors have the wrong kind of dtype (casting would change their meaning): "
+            + "; ".join(wrong_dtype[:10])
+            + (f" and {len(wrong_dtype) - 10} more" if len(wrong_dtype) > 10 else "")
+        )
     if mismatched:
         raise CheckpointError(
             "checkpoint does not fit the model (is it another variant or class count?); shape mismatches: "
@@ -130,20 +199,22 @@ def load_checkpoint(
     return out
 
 
-def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike) -> Path:
-    """Write a model's (or a state dict's) weights to ``path`` as ``.safetensors``, atomically."""
+def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike,
+                 metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write a model's (or a state dict's) weights to ``path`` as ``.safetensors``, atomically.
+
+    ``metadata`` (string to string) is stored in the file's header next to ``format: pt``.
+    """
     from safetensors.torch import save_file
+
+    from .fileio import atomic_write_with
+    from .training.distributed import unwrap
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files; got {path.name!r}")
     if isinstance(model, nn.Module):
-        model = getattr(model, "module", model)
-        model = getattr(model, "_orig_mod", model)
-        model = model.state_dict()
+        model = unwrap(model).state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in model.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
-    return path
+    meta = {"format": "pt", **(metadata or {})}
+    return atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata=meta))

@@ -4,91 +4,159 @@ Examples::
 
     spikingresformer train -c configs/digits.yaml
     spikingresformer train -c configs/cifar10.yaml --data-root /data/cifar --epochs 10
+    spikingresformer train -c configs/cifar10.yaml --data-root /data/cifar --resume auto
     torchrun --nproc-per-node 8 -m spikingresformer train -c configs/imagenet_ti.yaml --data-root /data/imagenet
     spikingresformer evaluate --model spikingresformer_cifar --checkpoint official.pth -c configs/cifar10.yaml
     spikingresformer energy --model spikingresformer_ti --img-size 224
     spikingresformer export --model spikingresformer_cifar --checkpoint ckpt.pth --format onnx --output m.onnx
+
+Exit codes: 0 success; 2 an expected failure (bad option, bad file, folder in use, disk full,
+divergence), reported in one line; 143 stopped by SIGTERM after saving ``last.pth``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_ERROR", "EXIT_SIGTERM"]
+
+EXIT_ERROR = 2
+EXIT_SIGTERM = 128 + 15
+
+#: name -> (set-up of its parser, what it runs). A new subcommand is one more entry.
+Command = Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, List[str]], int]]
 
 
-def _recipe_command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand that reads a recipe (``-c``) and takes any recipe key as ``--key value``."""
+def _recipe_parser(p: argparse.ArgumentParser) -> None:
     from .training.recipe import recipe_help
 
-    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=description + "\n\nRecipe keys:\n" + recipe_help())
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = (p.description or "") + "\n\nRecipe keys:\n" + recipe_help()
     p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml)")
-    return p
+
+
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train (and evaluate) a model as a YAML recipe says. Any recipe key can be overridden with "
+                     "--key value (dashes or underscores); the merged recipe is saved as <output>/recipe.yaml. "
+                     "Run folders, resuming and locking: docs/training.md.")
+    _recipe_parser(p)
+
+
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Evaluate a model on the evaluation split of a data set and write the metrics as JSON. "
+                     "Recipe keys (from -c and/or --key value) choose the data and the model.")
+    _recipe_parser(p)
+    p.add_argument("--checkpoint", help="weights: official .pth, our checkpoints, or .safetensors")
+    p.add_argument("--json", dest="json_path", help="where to write the metrics (default <output>/eval.json)")
+
+
+def _energy_parser(p: argparse.ArgumentParser) -> None:
+    from .energy.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_train(args: argparse.Namespace, rest: List[str]) -> int:
+    from .training import load_recipe, parse_overrides, run_training
+
+    run_training(load_recipe(args.config, parse_overrides(rest)))
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace, rest: List[str]) -> int:
+    from .training import load_recipe, parse_overrides, run_evaluation
+
+    run_evaluation(load_recipe(args.config, parse_overrides(rest)), args.checkpoint, args.json_path)
+    return 0
+
+
+def _run_energy(args: argparse.Namespace, rest: List[str]) -> int:
+    from .energy.cli import run
+
+    if rest:
+        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
+    return int(run(args) or 0)
+
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    from .export import add_arguments
+
+    p.description = "Export a model (BatchNorm folded) to ONNX, checked with ONNX Runtime, or a torch.export archive."
+    add_arguments(p)
+
+
+def _run_export(args: argparse.Namespace, rest: List[str]) -> int:
+    from .export import run
+
+    if rest:
+        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
+    return int(run(args) or 0)
+
+
+COMMANDS: Dict[str, Tuple[str, Command]] = {
+    "train": ("train a model from a YAML recipe", (_train_parser, _run_train)),
+    "evaluate": ("evaluate a checkpoint (official ones too)", (_evaluate_parser, _run_evaluate)),
+    "energy": ("energy and firing-rate report of a model", (_energy_parser, _run_energy)),
+    "export": ("export a model to ONNX or a torch.export archive", (_export_parser, _run_export)),
+}
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _expected_message(e: BaseException) -> Optional[str]:
+    """One line for a failure the user can act on, or None for a bug (which keeps its traceback)."""
+    from .checkpoint import CheckpointError
+    from .data.errors import EventFileError
+    from .training.errors import RunError
+    from .training.recipe import RecipeError
+
+    if isinstance(e, (RecipeError, CheckpointError, RunError, EventFileError, FileNotFoundError, ValueError)):
+        return " ".join(str(e).split("\n"))
+    if isinstance(e, OSError):  # disk full, permissions, quota: name the file when the error does
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    text = str(e)
+    if isinstance(e, RuntimeError) and "DataLoader worker" in text and "Original Traceback" in text:
+        # a data-loading worker failed; torch re-raises it as text: keep the original's last line
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        name = last.split(":", 1)[0].rsplit(".", 1)[-1]
+        if name in ("EventFileError", "DatasetNotFoundError", "FileNotFoundError", "OSError", "PermissionError"):
+            return f"in a data-loading worker: {last.split(':', 1)[1].strip() if ':' in last else last}"
+    return None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the console script and of ``python -m spikingresformer``."""
+    """Entry point of the console script and of ``python -m spikingresformer``; returns the exit code."""
     from . import runtime
 
-    runtime.apply_defaults()  # our own command: tune the allocator (a plain import never does)
+    runtime.apply_defaults()  # our own command tunes the allocator; a plain import never does
     parser = argparse.ArgumentParser(prog="spikingresformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _recipe_command(
-        sub, "train", "train a model from a YAML recipe",
-        "Train (and evaluate) a model as a YAML recipe says. Any recipe key can be overridden with "
-        "--key value (dashes or underscores); the merged recipe is saved as <output>/recipe.yaml.",
-    )
-    ev = _recipe_command(
-        sub, "evaluate", "evaluate a checkpoint (official ones too)",
-        "Evaluate a model on the evaluation split of a data set and write the metrics as JSON. "
-        "Recipe keys (from -c and/or --key value) choose the data and the model.",
-    )
-    ev.add_argument("--checkpoint", help="weights: official .pth, our checkpoints, or .safetensors")
-    ev.add_argument("--json", dest="json_path", help="where to write the metrics (default <output>/eval.json)")
-    energy = sub.add_parser("energy", help="energy and firing-rate report of a model")
-    try:
-        from .energy.cli import add_arguments as energy_args
-    except ImportError:
-        energy_args = None
-    if energy_args is not None:
-        energy_args(energy)
-    from . import export as export_cmd
-
-    export_cmd.add_arguments(sub.add_parser("export", help="export a model to ONNX or a torch.export archive"))
+    for name, (help_text, (setup, _)) in COMMANDS.items():
+        setup(sub.add_parser(name, help=help_text))
     args, rest = parser.parse_known_args(argv)
 
-    from .training.recipe import RecipeError, load_recipe, parse_overrides
+    from .training.errors import RunInterrupted
 
     try:
-        if args.command == "energy":
-            if energy_args is None:
-                parser.error("the energy report is not available in this installation")
-            if rest:
-                parser.error(f"unrecognised arguments: {' '.join(rest)}")
-            from .energy.cli import run as energy_run
-
-            return int(energy_run(args) or 0)
-        if args.command == "export":
-            if rest:
-                parser.error(f"unrecognised arguments: {' '.join(rest)}")
-            return export_cmd.run(args)
-        recipe = load_recipe(args.config, parse_overrides(rest))
-        if args.command == "train":
-            from .training import run_training
-
-            run_training(recipe)
-        else:
-            from .training import run_evaluation
-
-            run_evaluation(recipe, args.checkpoint, args.json_path)
-    except (RecipeError, FileNotFoundError, ValueError) as e:
-        print(f"spikingresformer {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return COMMANDS[args.command][1][1](args, rest)
+    except _UsageError as e:
+        parser.error(str(e))
+    except RunInterrupted as e:
+        print(f"spikingresformer {args.command}: {e}", file=sys.stderr)
+        return EXIT_SIGTERM
+    except Exception as e:
+        msg = _expected_message(e)
+        if msg is None:
+            raise
+        print(f"spikingresformer {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0  # pragma: no cover - parser.error exits
 
 
 if __name__ == "__main__":  # pragma: no cover

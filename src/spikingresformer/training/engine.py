@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum, unwrap
+from .distributed import DistInfo, all_reduce_sum
+from .errors import DivergedError
 
 __all__ = ["tet_loss", "autocast_context", "train_one_epoch", "evaluate", "progress_bar"]
 
@@ -64,14 +65,28 @@ def train_one_epoch(
     progress: bool = True,
     log_interval: int = 50,
     log: Callable[[str], None] = print,
-) -> Dict[str, float]:
-    """Train for one pass over ``loader``; return the mean loss and throughput over all ranks."""
+    carry: Optional[Dict[str, Any]] = None,
+    on_start: Optional[Callable[[], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> Dict[str, Any]:
+    """Train for one pass over ``loader``; return the mean loss and throughput over all ranks.
+
+    ``carry`` continues an epoch that was stopped part-way (its ``step``, ``loss_sum`` and
+    ``samples``; the loader then skips those steps); ``on_start`` runs once the loader's iterator
+    exists (where a resumed run restores its random state). When ``should_stop()`` turns true on
+    any rank, the epoch ends after the current step and the result holds ``stopped_at`` and the
+    progress to carry.
+    """
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
-    samples = 0
+    first = int(carry["step"]) if carry else 0
+    loss_sum = torch.tensor(float(carry["loss_sum"]) if carry else 0.0, dtype=torch.float64, device=dist.device)
+    samples = int(carry["samples"]) if carry else 0
     start = time.perf_counter()
-    bar = progress_bar(loader, num_batches, f"epoch {epoch}", progress and dist.is_main)
-    for step, (images, target) in enumerate(bar):
+    batches = iter(loader)
+    if on_start is not None:
+        on_start()
+    bar = progress_bar(batches, num_batches, f"epoch {epoch}", progress and dist.is_main)
+    for step, (images, target) in enumerate(bar, start=first):
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
         if mixup_fn is not None:
@@ -79,12 +94,15 @@ def train_one_epoch(
 
         with autocast_context(dist.device, amp, amp_dtype):
             if tet:
-                steps = _unwrap_call(model, "forward_steps", images)
+                steps = model(images, return_steps=True)  # a call argument: passes through DDP and compile
                 loss = tet_loss(steps.float(), target, criterion, tet_lambda, tet_phi)
             else:
                 loss = criterion(model(images).float(), target)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; stopping")
+            raise DivergedError(
+                f"training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (lr "
+                f"{optimizer.param_groups[0]['lr']:.3g}); nothing from this epoch was saved. Lower lr or set clip_grad"
+            )
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -109,6 +127,8 @@ def train_one_epoch(
         elif dist.is_main and log_interval and (step + 1) % log_interval == 0:
             log(f"epoch {epoch} step {step + 1}/{num_batches} loss {loss.item():.4f} "
                 f"{samples / max(elapsed, 1e-9):.1f} img/s")
+        if should_stop is not None and _any_rank(should_stop(), dist) and step + 1 < first + num_batches:
+            return {"stopped_at": step, "step": step + 1, "loss_sum": loss_sum.item(), "samples": samples}
     elapsed = time.perf_counter() - start
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=dist.device)]))
     total_samples = totals[1].item()
@@ -120,18 +140,11 @@ def train_one_epoch(
     }
 
 
-def _unwrap_call(model: nn.Module, method: str, x: torch.Tensor) -> torch.Tensor:
-    """Call ``model.<method>`` through DDP so gradient synchronisation still happens.
-
-    DDP only hooks ``forward``; per-step logits are obtained as ``forward`` of a model whose
-    ``return_steps`` flag is set for the duration of the call.
-    """
-    inner = unwrap(model)
-    inner.return_steps = True  # type: ignore[attr-defined]
-    try:
-        return model(x)
-    finally:
-        inner.return_steps = False  # type: ignore[attr-defined]
+def _any_rank(flag: bool, dist: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any (so all ranks stop at the same step)."""
+    if not dist.distributed:
+        return flag
+    return bool(all_reduce_sum(torch.tensor(float(flag), device=dist.device)).item() > 0)
 
 
 @torch.no_grad()

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .. import load_checkpoint
+from ..fileio import atomic_write_bytes
 from .distributed import cleanup_distributed, init_distributed
 from .engine import evaluate
 from .recipe import Recipe
-from .train import Logger, _energy_summary, build_data, build_model, eval_loader, resolve_amp_dtype
+from .builders import Logger, build_data, build_model, default_output, energy_summary, eval_loader, resolve_amp_dtype
 
 __all__ = ["run_evaluation"]
 
@@ -26,7 +27,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
     start = time.perf_counter()
     dist = init_distributed(recipe.device)
     try:
-        output = Path(recipe.output or f"runs/{recipe.model}-{recipe.dataset}")
+        output = default_output(recipe)
         if dist.is_main:
             output.mkdir(parents=True, exist_ok=True)
         log = Logger(dist, None)
@@ -44,10 +45,9 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
                        params=sum(p.numel() for p in model.parameters()), T=recipe.T, img_size=recipe.img_size)
         if dist.is_main:
             path = Path(output_json) if output_json else output / "eval.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(metrics, indent=1))
+            atomic_write_bytes(path, json.dumps(metrics, indent=1).encode())
             if recipe.energy:
-                _energy_summary(model, eval_ds, dist, output, log)
+                energy_summary(model, eval_ds, dist.device, output, log)
             log(f"metrics written to {path}")
         log(f"{recipe.model} on {recipe.dataset} ({metrics['eval_samples']} samples): test accuracy top-1 "
             f"{metrics['top1']:.2f}% (top-5 {metrics['top5']:.2f}%), loss {metrics['eval_loss']:.4f}, "

@@ -8,6 +8,7 @@ key is an error (a typo must not silently fall back to a default). Command-line 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
@@ -29,7 +30,7 @@ def _k(default: Any, help: str) -> Any:
 
 @dataclass
 class Recipe:
-    """All settings of a training or evaluation run (SPEC section 7 gives the official values)."""
+    """All settings of a training or evaluation run (``configs/`` holds the official recipes; see docs/training.md)."""
 
     # model
     model: str = _k("spikingresformer_cifar", "registered variant name (see `spikingresformer.list_models()`)")
@@ -42,6 +43,7 @@ class Recipe:
     # data
     dataset: str = _k("cifar10", "cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | digits | event-digits")
     data_root: Optional[str] = _k(None, "data set folder (not needed for digits / event-digits)")
+    data_args: Dict[str, Any] = _k({}, "options of one data set, e.g. {data_seed: 3, sensor_size: 16} for event-digits")
     cifar10dvs_split: str = _k("official", "CIFAR10-DVS split: official | first100 | random:<seed>")
     cache_dir: Optional[str] = _k(None, "where event frames are cached (null = $SPIKINGRESFORMER_FRAME_CACHE or ~/.cache/spikingresformer)")
     workers: int = _k(4, "data-loading worker processes per training process")
@@ -86,7 +88,7 @@ class Recipe:
     amp: bool = _k(True, "mixed precision (bfloat16 autocast on CPU; float16/bfloat16 on CUDA)")
     amp_dtype: str = _k("auto", "auto | bfloat16 | float16 (auto: bfloat16 on CPU and on CUDA where supported)")
     grad_checkpointing: bool = _k(False, "recompute each block in backward (less memory)")
-    compile: bool = _k(False, "torch.compile the model")
+    compile: bool = _k(False, "torch.compile(model, fullgraph=True): the whole model as one graph")
     channels_last: bool = _k(
         False, "keep feature maps channels-last always (default: only under CPU bfloat16 autocast, where it is faster)"
     )
@@ -96,6 +98,7 @@ class Recipe:
     sync_bn: bool = _k(False, "synchronise BatchNorm statistics across processes")
     output: Optional[str] = _k(None, "output folder (null = runs/<model>-<dataset>)")
     resume: Optional[str] = _k(None, "checkpoint to resume from, or 'auto' for <output>/last.pth")
+    overwrite: bool = _k(False, "start afresh in an output folder that holds a run, deleting its checkpoints and metrics")
     eval_interval: int = _k(1, "evaluate every N epochs (and always after the last)")
     log_interval: int = _k(50, "steps between log lines")
     progress: bool = _k(True, "show progress bars")
@@ -225,20 +228,67 @@ def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Optional[Dic
     return recipe
 
 
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos", "random")
+#: Schedulers that can be stepped once per epoch without a metric.
+_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise RecipeError(f"recipe key {key!r} is {value!r}; allowed: {allowed}")
+
+
+def _finite(x: Optional[float]) -> bool:
+    return x is None or math.isfinite(x)
+
+
 def _validate(r: Recipe) -> None:
-    checks = [
-        (r.T >= 1, f"T must be at least 1, got {r.T}"),
-        (r.img_size >= 1, f"img_size must be positive, got {r.img_size}"),
-        (r.epochs >= 1, f"epochs must be at least 1, got {r.epochs}"),
-        (r.batch_size >= 1, f"batch_size must be at least 1, got {r.batch_size}"),
-        (r.lr > 0, f"lr must be positive, got {r.lr}"),
-        (r.device in ("auto", "cpu", "cuda") or r.device.startswith("cuda:"), f"device must be auto, cpu or cuda, got {r.device!r}"),
-        (r.amp_dtype in ("auto", "bfloat16", "float16"), f"amp_dtype must be auto, bfloat16 or float16, got {r.amp_dtype!r}"),
-        (r.eval_interval >= 1, f"eval_interval must be at least 1, got {r.eval_interval}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise RecipeError(msg)
+    """Check every key's range up front; the message names the key, the value and what is allowed."""
+    # keep the two messages that scripts and tests already match on
+    if r.T < 1:
+        raise RecipeError(f"T must be at least 1, got {r.T}")
+    if not (r.device in ("auto", "cpu", "cuda") or (r.device.startswith("cuda:") and r.device[5:].isdigit())):
+        raise RecipeError(f"device must be auto, cpu, cuda or cuda:<index>, got {r.device!r}")
+    for key in ("reprob", "crop_pct", "lr", "weight_decay", "opt_eps", "min_lr", "warmup_lr", "label_smoothing",
+                "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "tet_lambda", "tet_phi", "clip_grad"):
+        _check(_finite(getattr(r, key)), key, getattr(r, key), "a finite number")
+    at_least = {"img_size": 1, "epochs": 1, "batch_size": 1, "eval_interval": 1, "workers": 0, "log_interval": 0,
+                "warmup_epochs": 0, "cooldown_epochs": 0}
+    for key, low in at_least.items():
+        _check(getattr(r, key) >= low, key, getattr(r, key), f"an integer >= {low}")
+    for key in ("num_classes", "train_limit", "eval_limit", "global_batch_size", "eval_batch_size"):
+        v = getattr(r, key)
+        _check(v is None or v >= 1, key, v, "null or an integer >= 1")
+    _check(0 <= r.seed < 2**32 - 1024, "seed", r.seed, "an integer in [0, 2**32 - 1024)")
+    _check(r.lr > 0, "lr", r.lr, "a number > 0")
+    _check(r.opt_eps > 0, "opt_eps", r.opt_eps, "a number > 0")
+    for key in ("weight_decay", "warmup_lr", "mixup", "cutmix", "tet_lambda"):
+        _check(getattr(r, key) >= 0, key, getattr(r, key), "a number >= 0")
+    _check(0 <= r.min_lr <= r.lr, "min_lr", r.min_lr, f"a number in [0, lr = {r.lr}]")
+    _check(0 <= r.label_smoothing < 1, "label_smoothing", r.label_smoothing, "a number in [0, 1)")
+    for key in ("reprob", "mixup_prob", "mixup_switch_prob"):
+        _check(0 <= getattr(r, key) <= 1, key, getattr(r, key), "a probability in [0, 1]")
+    _check(r.crop_pct is None or 0 < r.crop_pct <= 1, "crop_pct", r.crop_pct, "null or a number in (0, 1]")
+    _check(r.clip_grad is None or r.clip_grad > 0, "clip_grad", r.clip_grad,
+           "null (off) or a number > 0 (the largest global gradient norm)")
+    for key in ("mean", "std"):
+        v = getattr(r, key)
+        _check(v is None or (len(v) >= 1 and all(math.isfinite(x) for x in v)), key, v,
+               "null or a list of finite numbers, one per input channel")
+    _check(r.std is None or all(x > 0 for x in r.std), "std", r.std, "null or a list of numbers > 0")
+    _check(r.amp_dtype in ("auto", "bfloat16", "float16"), "amp_dtype", r.amp_dtype, "auto, bfloat16 or float16")
+    _check(r.interpolation in _INTERPOLATIONS, "interpolation", r.interpolation, ", ".join(_INTERPOLATIONS))
+    _check(r.sched in _SCHEDULERS, "sched", r.sched, ", ".join(_SCHEDULERS))
+    split = r.cifar10dvs_split
+    _check(split in ("official", "first100") or (split.startswith("random:") and split[7:].isdigit()),
+           "cifar10dvs_split", split, "official, first100 or random:<seed>")
+    _check(r.resume is None or r.resume == "auto" or bool(r.resume), "resume", r.resume,
+           "null, auto or a checkpoint path")
+    if r.overwrite and r.resume:
+        raise RecipeError(f"overwrite and resume ({r.resume!r}) exclude each other: continue a run, or start over")
+    from timm.optim import list_optimizers
+
+    _check(r.opt.lower() in list_optimizers(), "opt", r.opt, "a timm optimizer name (timm.optim.list_optimizers())")
 
 
 def recipe_help() -> str:

@@ -1,0 +1,311 @@
+"""The run folder and the state in it: checkpoints, metrics, the folder lock, repair after a kill.
+
+Layout of a run folder (see ``docs/training.md``): ``recipe.yaml``, ``log.txt``, ``metrics.jsonl``
+(one JSON line per epoch), ``last.pth`` (the full training state, written after every epoch: the
+commit point of an epoch), ``best.pth`` / ``best.safetensors`` (the best epoch so far), ``.lock``.
+
+Every file is written with :mod:`spikingresformer.fileio` (temporary file, fsync, rename), so a
+kill leaves each file old or new. Per epoch the order is: metrics line, ``last.pth``, then the best
+files. A run resumed after a kill calls :meth:`RunFolder.repair`, which drops metrics lines of
+epochs that ``last.pth`` does not hold and rebuilds ``best.*`` from ``last.pth`` when the kill came
+between the two; afterwards what ``last.pth`` says is best is what ``best.*`` hold.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import fileio
+from ..checkpoint import CheckpointError, read_checkpoint_file
+from ..model import DSSA
+from .errors import RunError
+
+__all__ = [
+    "RunFolder",
+    "load_training_checkpoint",
+    "rate_flags",
+    "rng_state",
+    "save_training_checkpoint",
+    "set_rate_flags",
+    "set_rng_state",
+]
+
+#: Files that make a folder hold a run (a fresh start there must be asked for explicitly).
+RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "metrics.jsonl")
+#: Everything a run writes (what ``overwrite`` removes before a fresh start).
+_OWN_FILES = RUN_FILES + ("recipe.yaml", "log.txt", "energy.json", "tensorboard")
+
+
+def checkpoint_bytes(obj: Dict[str, Any]) -> bytes:
+    """``torch.save`` of ``obj`` into memory (written afterwards in one atomic step)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomically write ``data``; a failure (disk full, permissions) becomes a :class:`RunError`."""
+    try:
+        fileio.atomic_write_bytes(path, data)
+    except OSError as e:
+        raise RunError(f"could not write {path}: {e.strerror or e}; the previous {path.name} is unchanged") from None
+
+
+def save_training_checkpoint(obj: Dict[str, Any], path: Path) -> Path:
+    """Write a training checkpoint (tensors and plain containers only) to ``path`` atomically."""
+    write_file(Path(path), checkpoint_bytes(obj))
+    return Path(path)
+
+
+def load_training_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a training checkpoint: a dict with ``model``, ``optimizer``, ``epoch`` and more.
+
+    Damaged, foreign or unsafe files give a :class:`CheckpointError` saying what the file is.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint_file(path)
+    missing = [k for k in ("model", "optimizer", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        what = f"a dict with keys {sorted(ckpt)[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} is not a training checkpoint: it holds {what}, without {missing} "
+            f"(weights-only files can start a run with --transfer, not continue one with --resume)"
+        )
+    return ckpt
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) random states as tensors and plain values."""
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": random.getstate(),  # (version, tuple of ints, gauss): plain data
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+         state["numpy_has_gauss"], state["numpy_gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rate_flags(model: nn.Module) -> Dict[str, bool]:
+    """The DSSA 'first training forward done' flags, which live outside the state dict."""
+    return {
+        f"{name}.{key}": flag
+        for name, m in model.named_modules()
+        if isinstance(m, DSSA)
+        for key, flag in m._rates_initialised.items()
+    }
+
+
+def set_rate_flags(model: nn.Module, flags: Dict[str, bool]) -> None:
+    """Restore the flags saved by :func:`rate_flags`."""
+    for name, m in model.named_modules():
+        if isinstance(m, DSSA):
+            for key in m._rates_initialised:
+                m._rates_initialised[key] = bool(flags.get(f"{name}.{key}", m._rates_initialised[key]))
+
+
+def _epoch_of(path: Path) -> Optional[int]:
+    """The epoch a ``best.pth`` holds, or None when it is missing or unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return None
+
+
+def _safetensors_epoch(path: Path) -> Optional[int]:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return int((f.metadata() or {}).get("epoch", ""))
+    except Exception:
+        return None
+
+
+class RunFolder:
+    """One run's output folder: lock it, check what it holds, append metrics, write and repair checkpoints."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock_fd: Optional[int] = None
+        self.created = False
+
+    # -- what the folder holds ------------------------------------------------------------------
+
+    def run_files(self) -> List[str]:
+        """The run files present (``last.pth``, ``best.pth``, ``best.safetensors``, ``metrics.jsonl``)."""
+        return [n for n in RUN_FILES if (self.path / n).exists()]
+
+    def describe(self) -> str:
+        """A short account of the run in the folder, for messages."""
+        files = self.run_files()
+        last = self.path / "last.pth"
+        if last.is_file():
+            epoch = _epoch_of(last)
+            if epoch is not None:
+                return f"a run whose last.pth holds epoch {epoch} ({', '.join(files)})"
+        return f"a run ({', '.join(files)})"
+
+    # -- the lock ---------------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the folder's lock (``.lock``) or refuse, naming the process and host that hold it.
+
+        The lock is an ``flock`` on ``.lock``: the kernel drops it when its process ends in any
+        way (kill -9 included), so a stale lock never blocks a resume.
+        """
+        import fcntl
+
+        if not self.path.exists():
+            self.path.mkdir(parents=True)
+            self.created = True
+        lock_path = self.path / ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"process {info['pid']} on host {info['host']} (since {info['since']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise RunError(
+                f"output folder {self.path} is in use by {who}; two runs in one folder would mix their "
+                f"results. Wait for it to end, or choose another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.write(fd, (json.dumps(info) + "\n").encode())
+        self._lock_fd = fd
+
+    def release(self, remove_if_new: bool = False) -> None:
+        """Drop the lock; with ``remove_if_new`` also remove the folder if this run created it and left it empty."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if remove_if_new and self.created:
+            try:
+                (self.path / ".lock").unlink()
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def remove_orphans(self) -> List[Path]:
+        """Delete temporary files that killed writers left behind."""
+        return fileio.remove_orphans(self.path)
+
+    def clear(self) -> None:
+        """Remove everything an earlier run wrote (an explicit ``overwrite``)."""
+        for name in _OWN_FILES:
+            p = self.path / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    def append_metrics(self, metrics: Dict[str, Any]) -> None:
+        """Append one epoch's line to ``metrics.jsonl`` and flush it to disk."""
+        path = self.path / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunError(f"could not append to {path}: {e.strerror or e}") from None
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def save_epoch(self, ckpt: Dict[str, Any], *, last: bool, best: bool, best_meta: Dict[str, str]) -> None:
+        """Write ``last.pth`` (the commit point), then, for a new best, ``best.pth`` and ``best.safetensors``."""
+        data = checkpoint_bytes(ckpt)
+        if last:
+            write_file(self.path / "last.pth", data)
+        if best:
+            write_file(self.path / "best.pth", data)
+            self._export_best(ckpt["model"], best_meta)
+
+    def _export_best(self, state: Dict[str, torch.Tensor], meta: Dict[str, str]) -> None:
+        from ..checkpoint import save_weights
+
+        try:
+            save_weights(state, self.path / "best.safetensors", metadata=meta)
+        except OSError as e:
+            raise RunError(f"could not write {self.path / 'best.safetensors'}: {e.strerror or e}") from None
+
+    def repair(self, ckpt: Dict[str, Any], log: Callable[[str], None]) -> None:
+        """Make the folder agree with ``last.pth`` (``ckpt``) after a kill; log each repair."""
+        epoch = int(ckpt["epoch"])
+        self._repair_metrics(epoch, log)
+        best_epoch = int(ckpt.get("best_epoch", -1))
+        if best_epoch < 0:
+            return
+        best = self.path / "best.pth"
+        held = _epoch_of(best) if best.is_file() else None
+        if held != best_epoch:
+            if best_epoch != epoch:
+                raise RunError(
+                    f"{best} holds epoch {held} but last.pth says the best epoch is {best_epoch}; it cannot be "
+                    f"rebuilt from last.pth (epoch {epoch}). Start over with --overwrite true"
+                )
+            log(f"repair: best.pth held epoch {held}, but the best epoch is {best_epoch} (a kill came between "
+                f"writing last.pth and best.pth); rebuilt it from last.pth")
+            write_file(best, (self.path / "last.pth").read_bytes())
+        sft = self.path / "best.safetensors"
+        if _safetensors_epoch(sft) != best_epoch:
+            log(f"repair: best.safetensors did not hold epoch {best_epoch}; rewritten from best.pth")
+            self._export_best(load_training_checkpoint(best)["model"],
+                              {"epoch": str(best_epoch), "top1": str(ckpt.get("max_acc1"))})
+
+    def _repair_metrics(self, epoch: int, log: Callable[[str], None]) -> None:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                ok = isinstance(entry, dict) and int(entry["epoch"]) <= epoch
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            write_file(path, "".join(x + "\n" for x in kept).encode())
+            log(f"repair: removed {dropped} line(s) of metrics.jsonl that last.pth (epoch {epoch}) does not hold "
+                f"(their epochs run again)")
