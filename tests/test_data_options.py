@@ -10,7 +10,7 @@ import torch
 from spikingresformer.data import RandomShift, build_dataset, dataset_names, dataset_options, register_dataset
 from spikingresformer.data.registry import COMMON_OPTIONS
 from spikingresformer.training.recipe import Recipe
-from spikingresformer.training.train import data_options
+from spikingresformer.training.builders import data_options
 
 IMAGE = {"aa", "reprob", "interpolation", "crop_pct", "mean", "std"}
 EXPECTED = {
@@ -101,7 +101,7 @@ def test_a_builder_with_a_catch_all_is_refused():
 
 
 def test_training_side_passes_generic_keys_only_when_changed():
-    assert set(data_options(Recipe(dataset="digits"))) == {"img_size", "T", "seed"}
+    assert set(data_options(Recipe(dataset="digits"))) == {"img_size", "T", "augment", "seed"}
     changed = data_options(Recipe(dataset="cifar10", aa="rand-m9", mean=[0.1, 0.2, 0.3], dvs_augment=True))
     assert changed["aa"] == "rand-m9" and changed["mean"] == (0.1, 0.2, 0.3) and changed["dvs_augment"] is True
     with pytest.raises(ValueError, match="'digits' cannot use the option\\(s\\) aa"):
