@@ -52,15 +52,15 @@ def fold_time(layer: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor
 class SeqConv2d(nn.Conv2d):
     """``nn.Conv2d`` over ``[T, B, C, H, W]``; time is folded into the batch.
 
-    ``spike_input=True`` declares that the input is always a spike tensor (0/1, a neuron's output):
-    for backward it is then kept at one bit per element (see :mod:`.spike_saving`); the gradients
-    are the same. ``save_spikes_as_bits`` switches that off again per layer.
+    ``spike_input=True`` declares that the input is always a spike tensor (0/1, a neuron's output);
+    with ``save_spikes_as_bits`` (set by the model's ``set_spike_saving``) it is then kept for backward
+    at one bit per element (see :mod:`.spike_saving`), with identical gradients.
     """
 
     def __init__(self, *args, spike_input: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.spike_input = spike_input
-        self.save_spikes_as_bits = True
+        self.save_spikes_as_bits = False  # the model's set_spike_saving switches it
 
     def _bits_ok(self) -> bool:
         return (self.spike_input and self.save_spikes_as_bits and self.bias is None
@@ -108,7 +108,7 @@ class SpikingMatmul(nn.Module):
         if spike_operand not in ("left", "right"):
             raise ValueError(f"spike_operand must be 'left' or 'right', got {spike_operand!r}")
         self.spike_operand = spike_operand
-        self.save_spikes_as_bits = True
+        self.save_spikes_as_bits = False  # the model's set_spike_saving switches it
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         if self.spike_operand == "right" and self.save_spikes_as_bits:

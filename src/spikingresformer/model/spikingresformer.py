@@ -325,7 +325,9 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: average DSSA firing rates over ranks under ``torch.distributed``.
         global_pool: ``"avg"`` (global average pooling before the classifier) or ``""`` (none).
         save_spikes_as_bits: keep the spike inputs of convolutions and DSSA products at one bit per
-            element for backward (same gradients, less memory; see :meth:`set_spike_saving`).
+            element for backward (identical gradients, 70 % less saved for backward on cifar; off by
+            default because packing in eager PyTorch costs more time than it saves memory at peak
+            today, see ``docs/performance.md``; :meth:`set_spike_saving` switches it).
         memory_format: layout of the feature maps: ``"contiguous"``, ``"channels_last"`` (time and
             batch outermost, channels innermost) or ``"auto"`` (channels-last under CPU bfloat16
             autocast, where it is faster). Results are the same up to floating-point rounding.
@@ -354,7 +356,7 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: bool = True,
         memory_format: str = "auto",
         global_pool: str = "avg",
-        save_spikes_as_bits: bool = True,
+        save_spikes_as_bits: bool = False,
         **kwargs: Any,
     ):
         super().__init__()
