@@ -366,8 +366,9 @@ def _forward_impl(x: torch.Tensor, w: Optional[torch.Tensor], kind: str, tau: fl
     elif impl == "c":
         xc = x if _time_major_dense(x) else x.contiguous()
         spikes, h = _c_forward(xc, kind, coef, vth, vr, store_h)
-        spikes = _like(torch.empty_like(x), spikes)  # the strides the fake implementation promises
-        h = _like(spikes, h) if h is not None else None
+        if xc is not x:  # back to the strides the fake implementation promises (empty_like(x))
+            spikes = torch.empty_like(x).copy_(spikes)
+            h = _like(spikes, h) if h is not None else None
     else:
         spikes, h = _torch_forward(x, kind, coef, vth, vr, store_h)
     return spikes, (h if h is not None else x.new_empty(0))
@@ -384,7 +385,9 @@ def _backward_impl(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tenso
         hc = h if _time_major_dense(h) else h.contiguous()
         xc = _like(hc, x) if x is not None else None
         grad_x, gk = _c_backward(hc, xc, _like(hc, grad), kind, coef, vth, vr, alpha)
-        return _like(torch.empty_like(h), grad_x), torch.tensor(gk, dtype=torch.float64, device=h.device)
+        if hc is not h:
+            grad_x = torch.empty_like(h).copy_(grad_x)
+        return grad_x, torch.tensor(gk, dtype=torch.float64, device=h.device)
     grad_x, gk = _torch_backward(h, x, grad, kind, coef, vth, vr, alpha)
     return grad_x, gk
 
