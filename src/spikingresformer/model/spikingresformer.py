@@ -26,6 +26,7 @@ from timm.models._features import feature_take_indices
 from ..data.images import CIFAR10_MEAN, CIFAR10_STD
 from ..neurons import MultiStepNeuron, build_neuron
 from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingMatmul
+from .recompute import can_recompute, gwffn_middle
 
 __all__ = ["Downsample", "DSSA", "GWFFN", "SpikingResformer", "VARIANTS"]
 
@@ -290,7 +291,26 @@ class GWFFN(nn.Module):
             SeqBatchNorm2d(dim),
         )
 
+        #: recompute the middle BatchNorm outputs and membranes in backward (``model/recompute.py``);
+        #: the model's ``set_backward_recompute`` switches it
+        self.recompute_in_backward = True
+
+    def _recompute_ok(self, x: torch.Tensor) -> bool:
+        if not self.recompute_in_backward or len(self.conv) != 1:
+            return False
+        conv = self.conv[0][1]
+        if conv.bias is not None or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            return False
+        bypassed = [self.up, self.up[2], self.up[2].bn, self.conv, self.conv[0], *self.conv[0],
+                    self.conv[0][2].bn, self.down, self.down[0]]
+        return can_recompute(x, bypassed, [self.conv[0][0], self.down[0]])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._recompute_ok(x):  # same results; keeps 2 of the 4 wide tensors for backward
+            c_up = self.up[1](self.up[0](x))
+            mid = self.conv[0]
+            s = gwffn_middle(c_up, self.up[2].bn, mid[0], mid[1], mid[2].bn, self.down[0])
+            return self.down[2](self.down[1](s)) + x
         u = self.up(x)
         z = u
         for m in self.conv:
@@ -328,6 +348,9 @@ class SpikingResformer(nn.Module):
             element for backward (identical gradients, 70 % less saved for backward on cifar; off by
             default because packing in eager PyTorch costs more time than it saves memory at peak
             today, see ``docs/performance.md``; :meth:`set_spike_saving` switches it).
+        recompute_in_backward: in eager CPU training, keep only the BatchNorm inputs of each GWFFN's
+            middle chain for backward and recompute its BatchNorm outputs, membranes and spikes there
+            (identical results and gradients, less memory; :meth:`set_backward_recompute` switches it).
         memory_format: layout of the feature maps: ``"contiguous"``, ``"channels_last"`` (time and
             batch outermost, channels innermost) or ``"auto"`` (channels-last under CPU bfloat16
             autocast, where it is faster). Results are the same up to floating-point rounding.
@@ -357,6 +380,7 @@ class SpikingResformer(nn.Module):
         memory_format: str = "auto",
         global_pool: str = "avg",
         save_spikes_as_bits: bool = False,
+        recompute_in_backward: bool = True,
         **kwargs: Any,
     ):
         super().__init__()
@@ -429,12 +453,19 @@ class SpikingResformer(nn.Module):
         self.classifier: nn.Module = SeqLinear(planes[-1], num_classes, bias=False) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         self.set_spike_saving(save_spikes_as_bits)
+        self.set_backward_recompute(recompute_in_backward)
 
     def set_spike_saving(self, as_bits: bool = True) -> None:
         """Keep spike inputs for backward as bits (``True``) or in their dtype, as autograd would."""
         for m in self.modules():
             if hasattr(m, "save_spikes_as_bits"):
                 m.save_spikes_as_bits = bool(as_bits)
+
+    def set_backward_recompute(self, enable: bool = True) -> None:
+        """Recompute BatchNorm outputs and membranes in backward (``True``) or keep them, as autograd would."""
+        for m in self.modules():
+            if hasattr(m, "recompute_in_backward"):
+                m.recompute_in_backward = bool(enable)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
