@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import spikingresformer as sr
 from spikingresformer.model import recompute
-from spikingresformer.model.spikingresformer import GWFFN
+from spikingresformer.model.spikingresformer import DSSA, GWFFN
 
 
 def _model(neuron: str = "lif", **kwargs) -> sr.SpikingResformer:
@@ -90,6 +90,33 @@ def test_gwffn_block_identical_per_layer(neuron, layout):
         assert torch.equal(a, b), n
 
 
+@pytest.mark.parametrize("neuron", ["lif", "plif"])
+@pytest.mark.parametrize("layout,bits", [("contiguous", False), ("channels_last", False), ("contiguous", True)])
+def test_dssa_block_identical_per_layer(neuron, layout, bits):
+    torch.manual_seed(0)
+    plain = DSSA(16, num_heads=2, patch_size=2, neuron=neuron, backend="fused").train()
+    plain.recompute_in_backward = False
+    with torch.no_grad():  # rates already running, so both the first-batch and the moving-average rules run
+        plain.firing_rate_x.fill_(0.2)
+        plain.rates_seen[0] = True
+    lean = copy.deepcopy(plain)
+    lean.recompute_in_backward = True
+    for m in (plain, lean):
+        m.matmul1.save_spikes_as_bits = m.matmul2.save_spikes_as_bits = bits
+    x = torch.randn(2, 3, 16, 4, 6) * 2 + 0.5
+    if layout == "channels_last":
+        x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    assert lean._recompute_ok(x.requires_grad_())
+    ref = _gwffn_grads(plain, x)
+    got = _gwffn_grads(lean, x)
+    assert got[0].stride() == ref[0].stride()
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    for n in ref[2]:
+        assert torch.equal(got[2][n], ref[2][n]), n
+    for (n, a), (_, b) in zip(lean.named_buffers(), plain.named_buffers()):
+        assert torch.equal(a, b), n
+
+
 def test_recompute_stands_aside_where_modules_must_be_called():
     block = GWFFN(16, ratio=4, group_size=16, backend="fused").train()
     x = torch.randn(2, 2, 16, 4, 4, requires_grad=True)
@@ -113,17 +140,22 @@ def test_recompute_stands_aside_where_modules_must_be_called():
 
 def test_recompute_path_is_taken_in_training(monkeypatch):
     calls = []
-    real = recompute.gwffn_middle
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def spy(name):
+        real = getattr(recompute, name)
 
-    monkeypatch.setattr("spikingresformer.model.spikingresformer.gwffn_middle", spy)
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("gwffn_middle", "dssa_middle"):
+        monkeypatch.setattr(f"spikingresformer.model.spikingresformer.{name}", spy(name))
     m = _model()
     m.train()
     F.cross_entropy(m(torch.randn(2, 3, 16, 16)), torch.tensor([0, 1])).backward()
-    assert len(calls) == sum(isinstance(b, GWFFN) for b in m.modules())
+    assert calls.count("gwffn_middle") == sum(isinstance(b, GWFFN) for b in m.modules())
+    assert calls.count("dssa_middle") == sum(isinstance(b, DSSA) for b in m.modules())
     calls.clear()
     m.eval()
     with torch.no_grad():

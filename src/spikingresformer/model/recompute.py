@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..neurons.backends import neuron_ops
 from ..neurons.common import plif_w_grad
 
-__all__ = ["can_recompute", "gwffn_middle"]
+__all__ = ["can_recompute", "dssa_middle", "gwffn_middle"]
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -201,3 +201,120 @@ def gwffn_middle(c_up: Tensor, norm_up: nn.BatchNorm2d, neuron_mid: nn.Module, c
     with torch.autocast(c_up.device.type, enabled=False):
         return _GWFFNMiddle.apply(c_up, weight, w_mid, w_out, norm_up.weight, norm_up.bias, norm_mid.weight,
                                   norm_mid.bias, plan)
+
+
+# --------------------------------------------------------------------------------------------------
+# DSSA: BN -> (y1^T s) * scale1 -> neuron -> (y2 attn) * scale2 -> neuron
+# --------------------------------------------------------------------------------------------------
+
+
+def _fold(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor, torch.Size]:
+    """Both operands as 3-d batches for ``bmm``, the way ``torch.matmul`` folds them."""
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    return a3, b3, batch
+
+
+def _matmul(a: Tensor, b: Tensor) -> Tensor:
+    a3, b3, batch = _fold(a, b)
+    return torch.bmm(a3, b3).view(*batch, a3.shape[-2], b3.shape[-1])
+
+
+def _matmul_backward(grad: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Gradients of ``a @ b`` for both operands, with the kernels autograd's ``bmm`` backward calls."""
+    a3, b3, batch = _fold(a, b)
+    g3 = grad.reshape(-1, *grad.shape[-2:])
+    grad_a = torch.bmm(g3, b3.transpose(1, 2)).reshape(*batch, *a.shape[-2:]).sum_to_size(a.shape)
+    grad_b = torch.bmm(a3.transpose(1, 2), g3).reshape(*batch, *b.shape[-2:]).sum_to_size(b.shape)
+    return grad_a, grad_b
+
+
+class _DSSAMiddle(torch.autograd.Function):
+    """``c`` (the key/value BatchNorm input) and ``s`` (input spikes) -> spikes entering the projection."""
+
+    @staticmethod
+    def _attention(y: Tensor, s: Tensor, heads: int, scale1: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        t, b, c = s.shape[:3]
+        num_patches = y.shape[-2] * y.shape[-1]
+        y = y.reshape(t, b, heads, 2 * c // heads, num_patches)
+        y1, y2 = y[:, :, :, : c // heads, :], y[:, :, :, c // heads:, :]
+        return y1.transpose(-1, -2), y2, s.reshape(t, b, heads, c // heads, s.shape[-2] * s.shape[-1])
+
+    @staticmethod
+    def forward(ctx, c, s, g, b, w_attn, w_out, plan):  # type: ignore[override]
+        norm, neuron_attn, neuron_out, heads, scale1, attn_scale, channels_last, pack = plan
+        steps = c.shape[:2]
+        y4, mean, invstd = norm.forward(_merge(c))
+        left1, y2, s_heads = _DSSAMiddle._attention(y4.unflatten(0, steps), s, heads, scale1)
+        attn, _ = neuron_attn.forward(_matmul(left1, s_heads) * scale1, store_h=False)
+        scale2 = attn_scale(attn)  # updates the firing-rate buffer, as the module path does here
+        out = (_matmul(y2, attn) * scale2).reshape(s.shape)
+        if channels_last:
+            out = out.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        spikes, _ = neuron_out.forward(out, store_h=False)
+        ctx.plan = plan
+        ctx.spike_layout = None
+        if pack is not None:  # the input spikes as bits, as the convolution before keeps them
+            packed = pack(s)
+            ctx.spike_layout = packed.layout()
+            s = packed.bits
+        ctx.save_for_backward(c, s, mean, invstd, scale2)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):  # type: ignore[override]
+        from .spike_saving import PackedSpikes
+
+        norm, neuron_attn, neuron_out, heads, scale1, _, channels_last, _ = ctx.plan
+        c, s, mean, invstd, scale2 = ctx.saved_tensors
+        if ctx.spike_layout is not None:
+            s = PackedSpikes(s, *ctx.spike_layout).unpack()
+        steps = c.shape[:2]
+        c4 = _merge(c)
+        with torch.no_grad():
+            y = norm.recompute(c4).unflatten(0, steps)
+            left1, y2, s_heads = _DSSAMiddle._attention(y, s, heads, scale1)
+            prod1 = _matmul(left1, s_heads)
+            pre_attn = prod1 * scale1
+            attn, h_attn = neuron_attn.forward(pre_attn, store_h=True)
+            prod2 = _matmul(y2, attn)
+            out = (prod2 * scale2).reshape(s.shape)
+            if channels_last:
+                out = out.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            _, h_out = neuron_out.forward(out, store_h=True)
+            del _
+            grad_out, grad_w_out = neuron_out.backward(h_out, out, grad_spikes)
+            del h_out, out
+            grad_prod2 = (grad_out.reshape(prod2.shape) * scale2).to(prod2.dtype)
+            del grad_out
+            grad_y2, grad_attn = _matmul_backward(grad_prod2, y2, attn)
+            del grad_prod2, attn
+            grad_pre, grad_w_attn = neuron_attn.backward(h_attn, pre_attn, grad_attn)
+            del h_attn, pre_attn, grad_attn
+            grad_prod1 = (grad_pre * scale1).to(prod1.dtype)
+            del grad_pre
+            grad_left1, grad_s_heads = _matmul_backward(grad_prod1, left1, s_heads)
+            del grad_prod1
+            grad_y = torch.cat([grad_left1.transpose(-1, -2), grad_y2], dim=3).reshape(y.shape)
+            grad_c4, grad_g, grad_b = norm.backward(_merge(grad_y), c4, mean, invstd)
+        return (grad_c4.unflatten(0, steps), grad_s_heads.reshape(s.shape), grad_g, grad_b, grad_w_attn, grad_w_out,
+                None)
+
+
+def dssa_middle(c: Tensor, s: Tensor, norm: nn.BatchNorm2d, neuron_attn: nn.Module, neuron_out: nn.Module,
+                heads: int, scale1: Tensor, attn_scale, channels_last: bool, spikes_as_bits: bool) -> Tensor:
+    """DSSA from the key/value BatchNorm input ``c`` and input spikes ``s`` to the output neuron's spikes.
+
+    ``attn_scale(attn_spikes) -> scale2`` is called once in forward (it updates the attention
+    firing-rate buffer); ``channels_last`` stores the output neuron's input channels-last, as the
+    module path does for channels-last input. Results and gradients equal the module calls; the
+    attention products, the BatchNorm output and both membranes are recomputed in backward.
+    """
+    from .spike_saving import pack_spikes
+
+    low = _autocast_dtype(c.device.type)
+    plan = (_Norm(norm), _Neuron(neuron_attn, c.device, low), _Neuron(neuron_out, c.device, low), heads, scale1,
+            attn_scale, channels_last, pack_spikes if spikes_as_bits else None)
+    with torch.autocast(c.device.type, enabled=False):
+        return _DSSAMiddle.apply(c, s, norm.weight, norm.bias, plan[1].w, plan[2].w, plan)

@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 from ..data.images import CIFAR10_MEAN, CIFAR10_STD
 from ..neurons import MultiStepNeuron, build_neuron
 from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingMatmul
-from .recompute import can_recompute, gwffn_middle
+from .recompute import can_recompute, dssa_middle, gwffn_middle
 
 __all__ = ["Downsample", "DSSA", "GWFFN", "SpikingResformer", "VARIANTS"]
 
@@ -203,6 +203,15 @@ class DSSA(nn.Module):
         self.activation_out = build_neuron(neuron, backend)
         self.Wproj = SeqConv2d(dim, dim, 1, bias=False, spike_input=True)
         self.norm_proj = SeqBatchNorm2d(dim)
+        #: recompute the attention, its BatchNorm output and membranes in backward
+        #: (``model/recompute.py``); the model's ``set_backward_recompute`` switches it
+        self.recompute_in_backward = True
+
+    def _recompute_ok(self, x: torch.Tensor) -> bool:
+        if not self.recompute_in_backward:
+            return False
+        bypassed = [self.norm, self.norm.bn, self.matmul1, self.matmul2, self.activation_attn, self.activation_out]
+        return can_recompute(x, bypassed, [self.activation_attn, self.activation_out])
 
     @property
     def _rates_initialised(self) -> "_RateFlags":
@@ -242,7 +251,17 @@ class DSSA(nn.Module):
         s = self.activation_in(x)
         # the attention reads y in channels-first order: reorder before BatchNorm, not after, so
         # that BatchNorm's backward sees input and gradient in one layout (mixed is ~10x slower)
-        y = self.norm(channels_first(self.W(s)))
+        kv = channels_first(self.W(s))
+        if self._recompute_ok(x):  # same results; the attention is recomputed in backward
+            num_patches = kv.shape[-2] * kv.shape[-1]
+            s_heads = s.reshape(t, b, heads, c // heads, h * w)
+            scale1 = self._scale(self._update_rate("firing_rate_x", s_heads), c // heads)
+            out = dssa_middle(
+                kv, s, self.norm.bn, self.activation_attn, self.activation_out, heads, scale1,
+                lambda a: self._scale(self._update_rate("firing_rate_attn", a), num_patches),
+                is_channels_last_5d(x), self.matmul1.save_spikes_as_bits)
+            return self.norm_proj(self.Wproj(out)) + x
+        y = self.norm(kv)
         num_patches = y.shape[-2] * y.shape[-1]
         y = y.reshape(t, b, heads, 2 * c // heads, num_patches)
         y1, y2 = y[:, :, :, : c // heads, :], y[:, :, :, c // heads :, :]
