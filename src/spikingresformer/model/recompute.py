@@ -49,9 +49,9 @@ def can_recompute(x: Tensor, modules: Sequence[nn.Module], neurons: Sequence[nn.
     Eager CPU training only, every BatchNorm in training mode with running statistics, every neuron
     on a backend with custom operators, and no hooks anywhere (hooks must see the module calls).
     """
-    if not (torch.is_grad_enabled() and x.device.type == "cpu"):
-        return False
-    if torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing() or _global_hooks():
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.compiler.is_compiling():
+        return False  # (first: under FX, ``x`` is a Proxy that cannot take part in a branch)
+    if not (torch.is_grad_enabled() and x.device.type == "cpu") or _global_hooks():
         return False
     for m in modules:
         if _has_hooks(m) or not m.training:

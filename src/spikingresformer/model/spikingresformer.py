@@ -208,7 +208,8 @@ class DSSA(nn.Module):
         self.recompute_in_backward = True
 
     def _recompute_ok(self, x: torch.Tensor) -> bool:
-        if not self.recompute_in_backward:
+        if not (self.recompute_in_backward and self.training and torch.is_grad_enabled()
+                and isinstance(self.norm, SeqBatchNorm2d)):
             return False
         bypassed = [self.norm, self.norm.bn, self.matmul1, self.matmul2, self.activation_attn, self.activation_out]
         return can_recompute(x, bypassed, [self.activation_attn, self.activation_out])
@@ -315,7 +316,8 @@ class GWFFN(nn.Module):
         self.recompute_in_backward = True
 
     def _recompute_ok(self, x: torch.Tensor) -> bool:
-        if not self.recompute_in_backward or len(self.conv) != 1:
+        if not (self.recompute_in_backward and self.training and torch.is_grad_enabled() and len(self.conv) == 1
+                and isinstance(self.up[2], SeqBatchNorm2d) and isinstance(self.conv[0][2], SeqBatchNorm2d)):
             return False
         conv = self.conv[0][1]
         if conv.bias is not None or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
