@@ -159,15 +159,16 @@ class _GWFFNMiddle(torch.autograd.Function):
         c_up, c_mid4, conv_weight, mean_up, invstd_up, mean_mid, invstd_mid = ctx.saved_tensors
         steps = c_up.shape[:2]
         c_up4 = _merge(c_up)
-        with torch.no_grad():  # the forward again, keeping what backward needs this time
+        # The forward again, each piece just before its backward needs it, so that few wide tensors
+        # are alive at once.
+        with torch.no_grad():
             u = norm_up.recompute(c_up4).unflatten(0, steps)
-            s_mid, h_mid = neuron_mid.forward(u, store_h=True)
             o = norm_mid.recompute(c_mid4).unflatten(0, steps) + u
-            _, h_out = neuron_out.forward(o, store_h=True)
-            del _
+            h_out = neuron_out.forward(o, store_h=True)[1]
             grad_o, grad_w_out = neuron_out.backward(h_out, o, grad_out)
             del h_out, o
             grad_c_mid4, grad_g_mid, grad_b_mid = norm_mid.backward(_merge(grad_o), c_mid4, mean_mid, invstd_mid)
+            s_mid, h_mid = neuron_mid.forward(u, store_h=True)
             stride, padding, dilation, groups = conv_cfg
             grad_s_mid4, grad_conv_w, _ = torch.ops.aten.convolution_backward(
                 grad_c_mid4, _merge(s_mid), conv_weight, None, list(stride), list(padding), list(dilation), False,
