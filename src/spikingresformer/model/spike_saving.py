@@ -7,18 +7,27 @@ spike operand packed eight to a byte (in its memory order, so the unpacked copy 
 strides) and unpack it in backward, where the same backward kernels as autograd's run on it. The
 gradients are therefore identical to the unpacked version; only the spike operand's storage changes.
 
+Packing and unpacking are one pass each. On CPU they run a small C kernel (compiled into the fused
+neurons' library, see :mod:`spikingresformer.neurons.fused`) behind two custom operators,
+``spikingresformer::pack_spikes_bits`` and ``spikingresformer::unpack_spikes_bits``, which
+``torch.compile`` traces as one node each; on other devices, or under ``fused.use_impl("torch")``,
+a few PyTorch ops do the same.
+
 Only call them with a spike operand: packing keeps ``x != 0``, so any other value would come back as
 1. The model uses them exactly where a neuron's output feeds a layer.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pack_spikes", "unpack_spikes", "PackedSpikes", "spike_conv2d", "spike_matmul"]
+from ..neurons import fused
+
+__all__ = ["pack_spikes", "unpack_spikes", "PackedSpikes", "spike_conv2d", "spike_matmul", "pack_spikes_bits",
+           "unpack_spikes_bits"]
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -45,30 +54,113 @@ class PackedSpikes:
 
 def _memory_order(t: torch.Tensor) -> List[int]:
     """Dimensions from outermost to innermost in memory (a permutation that makes ``t`` contiguous)."""
-    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.shape[d]))
+    # A stable sort by (-stride, -size), written as an insertion sort: with comparisons instead of
+    # sort keys, torch.compile can trace it for symbolic strides too.
+    order: List[int] = []
+    for d in range(t.dim()):
+        i = len(order)
+        while i > 0 and _outer(t, d, order[i - 1]):
+            i -= 1
+        order.insert(i, d)
+    return order
+
+
+def _outer(t: torch.Tensor, a: int, b: int) -> bool:
+    """Whether dimension ``a`` of ``t`` sorts before ``b`` (larger stride, then larger size)."""
+    sa, sb = t.stride(a), t.stride(b)
+    return sa > sb or (sa == sb and t.shape[a] > t.shape[b])
+
+
+def _torch_pack_flat(flat: torch.Tensor) -> torch.Tensor:
+    """Bits of a 1-d tensor with PyTorch ops (any device, dtype and strides): the fallback of the C kernel."""
+    nonzero = flat.ne(0)
+    pad = (-nonzero.numel()) % 8
+    if pad:
+        nonzero = F.pad(nonzero, (0, pad))
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
+    return (nonzero.view(-1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def _torch_unpack_flat(bits: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """The first ``numel`` elements held by ``bits`` as a 1-d tensor of ``dtype``, with PyTorch ops."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
+    flat = bits.unsqueeze(-1).bitwise_and(weights).ne(0).reshape(-1)
+    return flat[:numel].to(dtype)
+
+
+def _c_kernel(kind: str, t: torch.Tensor, dtype: torch.dtype) -> Optional[Any]:
+    """The C function ``srf_{kind}_<dtype>`` for CPU tensor ``t``, or ``None`` where PyTorch ops must do."""
+    if t.device.type != "cpu" or dtype not in fused._DTYPE_NAMES or not t.is_contiguous():
+        return None
+    lib = fused.bits_lib()
+    return None if lib is None else getattr(lib, f"srf_{kind}_{fused._DTYPE_NAMES[dtype]}")
+
+
+@torch.library.custom_op("spikingresformer::pack_spikes_bits", mutates_args=())
+def pack_spikes_bits(s: torch.Tensor) -> torch.Tensor:
+    """Bits of a 1-d tensor (``x != 0``), element ``i`` at bit ``i % 8`` of byte ``i // 8``, zero-padded."""
+    if s.dim() != 1:
+        raise ValueError(f"pack_spikes_bits takes a 1-d tensor, got {s.dim()} dimensions")
+    kernel = _c_kernel("pack", s, s.dtype)
+    if kernel is None:
+        return _torch_pack_flat(s)
+    bits = torch.empty(((s.numel() + 7) // 8,), dtype=torch.uint8)
+    if s.numel():
+        kernel(s.data_ptr(), bits.data_ptr(), s.numel(), torch.get_num_threads())
+    return bits
+
+
+@pack_spikes_bits.register_fake
+def _(s: torch.Tensor) -> torch.Tensor:
+    return s.new_empty(((s.numel() + 7) // 8,), dtype=torch.uint8)
+
+
+@torch.library.custom_op("spikingresformer::unpack_spikes_bits", mutates_args=())
+def unpack_spikes_bits(bits: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of ``pack_spikes_bits``: the first ``numel`` elements, 1.0 or 0.0, as a 1-d ``dtype`` tensor."""
+    if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() < (numel + 7) // 8 or numel < 0:
+        raise ValueError(f"unpack_spikes_bits needs a 1-d uint8 tensor of at least {(numel + 7) // 8} bytes")
+    kernel = _c_kernel("unpack", bits, dtype)
+    if kernel is None:
+        return _torch_unpack_flat(bits, numel, dtype)
+    out = torch.empty((numel,), dtype=dtype)
+    if numel:
+        kernel(bits.data_ptr(), out.data_ptr(), numel, torch.get_num_threads())
+    return out
+
+
+@unpack_spikes_bits.register_fake
+def _(bits: torch.Tensor, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    return bits.new_empty((numel,), dtype=dtype)
+
+
+def _c_candidate(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the custom operators (and so possibly the C kernel) should handle this device and dtype."""
+    return device.type == "cpu" and dtype in fused._DTYPE_NAMES
 
 
 def pack_spikes(s: torch.Tensor) -> PackedSpikes:
     """Pack a 0/1 tensor into ``ceil(numel / 8)`` bytes, in its memory order."""
     order = _memory_order(s)
-    flat = s.permute(order).reshape(-1).ne(0)  # a view when ``s`` is dense, as spike tensors are
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = F.pad(flat, (0, pad))
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=s.device)
-    bits = (flat.view(-1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+    dense = s.permute(order)  # contiguous when ``s`` covers its memory without gaps, as spike tensors do
+    if _c_candidate(s.device, s.dtype) and dense.is_contiguous():
+        bits = torch.ops.spikingresformer.pack_spikes_bits(dense.view(-1))
+    else:
+        bits = _torch_pack_flat(dense.reshape(-1))
     return PackedSpikes(bits, s.shape, order, s.dtype)
 
 
 def unpack_spikes(packed: PackedSpikes) -> torch.Tensor:
     """Inverse of :func:`pack_spikes`."""
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.bits.device)
-    flat = packed.bits.unsqueeze(-1).bitwise_and(weights).ne(0).reshape(-1)
     numel = 1
     for n in packed.shape:
         numel *= n
     permuted_shape = [packed.shape[d] for d in packed.order]
-    dense = flat[:numel].to(packed.dtype).reshape(permuted_shape)
+    if _c_candidate(packed.bits.device, packed.dtype):
+        flat = torch.ops.spikingresformer.unpack_spikes_bits(packed.bits, numel, packed.dtype)
+    else:
+        flat = _torch_unpack_flat(packed.bits, numel, packed.dtype)
+    dense = flat.view(permuted_shape)
     inverse = [0] * len(packed.order)
     for i, d in enumerate(packed.order):
         inverse[d] = i

@@ -6,11 +6,16 @@ Arithmetic copies the reference loop operation for operation (``-ffp-contract=of
 compiler from fusing multiplies and adds), and for the 16-bit dtypes every intermediate is rounded
 to the storage dtype exactly where PyTorch's element-wise kernels round, so spikes are bit-identical
 to :func:`spikingresformer.neurons.reference.reference_multistep`.
+
+The same library holds the spike bit packing of :mod:`spikingresformer.model.spike_saving`
+(``srf_pack_<dtype>`` / ``srf_unpack_<dtype>``): one pass each, element ``i`` at bit ``i % 8`` of
+byte ``i // 8``. They work on the bit patterns (``x != 0`` is "any bit but the sign bit set"), so
+they need no floating-point support for the 16-bit dtypes.
 """
 
 from __future__ import annotations
 
-__all__ = ["C_SOURCE", "DTYPES", "KINDS"]
+__all__ = ["C_SOURCE", "DTYPES", "KINDS", "PACK_DTYPES", "ABI_VERSION"]
 
 from .common import KIND_CODES as KINDS  # noqa: E402  (the kernels number kinds the same way)
 
@@ -22,6 +27,17 @@ DTYPES = {
     "f16": ("_Float16", "float", "((float)(p))", "((_Float16)(v))", "((float)(_Float16)(v))"),
 }
 
+#: Bumped whenever the library's functions or their signatures change (checked after loading).
+ABI_VERSION = 4
+
+# name -> (unsigned storage type of the same width, mask of all bits but the sign, bit pattern of 1.0)
+PACK_DTYPES = {
+    "f32": ("uint32_t", "0x7fffffffu", "0x3f800000u"),
+    "f64": ("uint64_t", "0x7fffffffffffffffull", "0x3ff0000000000000ull"),
+    "bf16": ("uint16_t", "0x7fffu", "0x3f80u"),
+    "f16": ("uint16_t", "0x7fffu", "0x3c00u"),
+}
+
 _HEADER = r"""
 #include <stdint.h>
 #include <string.h>
@@ -30,6 +46,12 @@ _HEADER = r"""
 #endif
 
 #define BLK 1024
+#define PACK_CHUNK 4096  /* bytes of packed spikes per OpenMP iteration */
+
+static inline int pack_threads(int64_t nchunks, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    return nchunks < nthreads ? (nchunks < 1 ? 1 : (int)nchunks) : nthreads;
+}
 
 static inline float bf2f(uint16_t b) { uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t f2bf(float f) {
@@ -37,8 +59,8 @@ static inline uint16_t f2bf(float f) {
     uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? 0x7fc0u : r);
 }
-int srf_abi_version(void) { return 3; }
-"""
+int srf_abi_version(void) { return @ABI@; }
+""".replace("@ABI@", str(ABI_VERSION))
 
 # {K}: 0 if, 1 lif, 2 plif.  Charge in the reference:  lif: h = v + (x - (v - vr)) / tau
 #                                                     plif: h = v + (x - (v - vr)) * k
@@ -136,6 +158,49 @@ _BWD_BODY = {
 }
 
 
+# Byte b of the packed bits holds elements 8b .. 8b+7, least significant bit first; the last byte
+# is zero-padded. Unpacking writes the bit pattern of 1.0 or of +0.0.
+_PACK = r"""
+void srf_pack_{name}(const {UT}* restrict s, uint8_t* restrict bits, int64_t n, int nthreads) {{
+    const int64_t nfull = n / 8;
+    const int64_t nchunks = (nfull + PACK_CHUNK - 1) / PACK_CHUNK;
+    #pragma omp parallel for num_threads(pack_threads(nchunks, nthreads)) schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {{
+        const int64_t b0 = c * PACK_CHUNK;
+        const int64_t b1 = (nfull - b0) < PACK_CHUNK ? nfull : b0 + PACK_CHUNK;
+        for (int64_t b = b0; b < b1; ++b) {{
+            const {UT}* restrict p = s + 8 * b;
+            unsigned v = 0;
+            for (int j = 0; j < 8; ++j) v |= (unsigned)((p[j] & {MASK}) != 0) << j;
+            bits[b] = (uint8_t)v;
+        }}
+    }}
+    if (8 * nfull < n) {{
+        unsigned v = 0;
+        for (int64_t i = 8 * nfull; i < n; ++i) v |= (unsigned)((s[i] & {MASK}) != 0) << (i - 8 * nfull);
+        bits[nfull] = (uint8_t)v;
+    }}
+}}
+
+void srf_unpack_{name}(const uint8_t* restrict bits, {UT}* restrict out, int64_t n, int nthreads) {{
+    const int64_t nfull = n / 8;
+    const int64_t nchunks = (nfull + PACK_CHUNK - 1) / PACK_CHUNK;
+    #pragma omp parallel for num_threads(pack_threads(nchunks, nthreads)) schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {{
+        const int64_t b0 = c * PACK_CHUNK;
+        const int64_t b1 = (nfull - b0) < PACK_CHUNK ? nfull : b0 + PACK_CHUNK;
+        for (int64_t b = b0; b < b1; ++b) {{
+            const unsigned v = bits[b];
+            {UT}* restrict o = out + 8 * b;
+            for (int j = 0; j < 8; ++j) o[j] = (({UT})0 - ({UT})((v >> j) & 1u)) & ({UT}){ONE};
+        }}
+    }}
+    for (int64_t i = 8 * nfull; i < n; ++i)
+        out[i] = ((bits[nfull] >> (i - 8 * nfull)) & 1u) ? ({UT}){ONE} : 0;
+}}
+"""
+
+
 def _render() -> str:
     parts = [_HEADER]
     for name, (st, ct, load, store, rnd) in DTYPES.items():
@@ -183,6 +248,8 @@ def _render() -> str:
             )
         if r:
             parts.insert(1, f"#define RND_{name}(v) {rnd.replace('v', '(v)')}\n")
+    for name, (ut, mask, one) in PACK_DTYPES.items():
+        parts.append(_PACK.format(name=name, UT=ut, MASK=mask, ONE=one))
     return "\n".join(parts)
 
 

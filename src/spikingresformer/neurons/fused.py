@@ -8,7 +8,8 @@ them:
   compiler (``gcc``/``cc``, or ``$CC``) into ``~/.cache/spikingresformer/kernels`` and called
   through :mod:`ctypes`. It needs no PyTorch headers, so the first build takes about two seconds;
   later processes load the cached library. OpenMP parallelises over neurons and shares PyTorch's
-  ``libgomp`` (same soname), so the two runtimes never compete.
+  ``libgomp`` (same soname), so the two runtimes never compete. The same library packs spikes into
+  bits for :mod:`spikingresformer.model.spike_saving` (``use_impl("torch")`` switches that off too).
 * ``"torch"``: the same single-node scheme written with PyTorch element-wise ops (a few passes over
   memory per step instead of one). It runs on any device and dtype and is the automatic fallback
   when no compiler is available or the build fails (a warning says so once).
@@ -40,7 +41,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
-from ._csource import C_SOURCE, KINDS
+from ._csource import ABI_VERSION, C_SOURCE, KINDS, PACK_DTYPES
 from .common import register_neuron_ops
 from .surrogate import atan_surrogate_grad
 
@@ -143,7 +144,7 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
                 os.replace(out, target)  # atomic: concurrent builders never see a partial file
         try:
             lib = ctypes.CDLL(str(target))
-            if lib.srf_abi_version() != 3:
+            if lib.srf_abi_version() != ABI_VERSION:
                 raise OSError("ABI version mismatch")
         except OSError as exc:
             errors.append(f"{' '.join(flags)}: load failed: {exc}")
@@ -165,6 +166,11 @@ def _declare(lib: ctypes.CDLL) -> None:
             bwd = getattr(lib, f"srf_bwd_{dname}_{kname}")
             bwd.argtypes = [vp, vp, vp, vp, i64, i64, d, d, d, d, i]
             bwd.restype = d
+    for dname in PACK_DTYPES:  # spike bit packing (see spikingresformer.model.spike_saving)
+        for fname in (f"srf_pack_{dname}", f"srf_unpack_{dname}"):
+            fn = getattr(lib, fname)
+            fn.argtypes = [vp, vp, i64, i]
+            fn.restype = None
 
 
 def _get_lib() -> Optional[ctypes.CDLL]:
@@ -212,6 +218,13 @@ def use_impl(choice: str) -> Iterator[None]:
         yield
     finally:
         _impl_choice = old
+
+
+def bits_lib() -> Optional[ctypes.CDLL]:
+    """The C library for spike bit packing, or ``None`` if ``"torch"`` is forced or it cannot be built."""
+    if _chosen_impl() == "torch":
+        return None
+    return _get_lib()
 
 
 def _impl_for(x: torch.Tensor) -> str:
