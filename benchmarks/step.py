@@ -2,8 +2,10 @@
 optionally side by side with the official release's own model code.
 
 Every configuration runs in a fresh subprocess, so peak process memory (RSS on CPU) is its own.
-A configuration is ``backend[:precision[:malloc[:mode]]]``; ``--backends`` and ``--precision``
-build the list when ``--configs`` is not given. ``malloc`` is ``tuned`` (what our commands apply, see
+A configuration is ``backend[:precision[:malloc[:mode[:saving]]]]``; ``--backends`` and ``--precision``
+build the list when ``--configs`` is not given. ``saving`` is ``default`` (the model's defaults),
+``plain`` (no bits, no recomputation: what autograd keeps), ``bits`` (spikes as bits only),
+``recompute`` (recomputation only) or ``lean`` (both). ``malloc`` is ``tuned`` (what our commands apply, see
 ``spikingresformer.runtime``) or ``system`` (glibc defaults, as the official release runs). ``mode``
 is ``eager`` or ``compile`` (``torch.compile(model, fullgraph=True)``; the first warm-up step's
 extra time is reported as the compile time).
@@ -45,6 +47,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MALLOCS = ("tuned", "glibc", "system")
+#: what the model keeps for backward: (spikes as bits, recompute in backward), None = model default
+SAVINGS = {"default": None, "plain": (False, False), "bits": (True, False), "recompute": (False, True),
+           "lean": (True, True)}
 
 #: Kinds of saved-for-backward storage that :func:`saved_for_backward` reports, in print order.
 SAVED_KINDS = ("spike", "bits", "real", "params", "other")
@@ -52,18 +58,23 @@ SAVED_KINDS = ("spike", "bits", "real", "params", "other")
 
 def _parse_config(text: str, precision: str, malloc: str) -> Dict[str, str]:
     parts = text.split(":")
-    cfg = {"impl": "ours", "backend": parts[0], "precision": precision, "malloc": malloc, "mode": "eager"}
+    cfg = {"impl": "ours", "backend": parts[0], "precision": precision, "malloc": malloc, "mode": "eager",
+           "saving": "default"}
     if len(parts) > 1 and parts[1]:
         cfg["precision"] = parts[1]
     if len(parts) > 2 and parts[2]:
         cfg["malloc"] = parts[2]
     if len(parts) > 3 and parts[3]:
         cfg["mode"] = parts[3]
+    if len(parts) > 4 and parts[4]:
+        cfg["saving"] = parts[4]
+    if cfg["saving"] not in SAVINGS:
+        raise SystemExit(f"unknown saving in {text!r} (expected one of {', '.join(SAVINGS)})")
     if cfg["mode"] not in ("eager", "compile"):
         raise SystemExit(f"unknown mode in {text!r} (eager or compile)")
     if cfg["precision"] not in PRECISIONS:
         raise SystemExit(f"unknown precision in {text!r} (expected one of {', '.join(PRECISIONS)})")
-    if cfg["malloc"] not in ("tuned", "system"):
+    if cfg["malloc"] not in MALLOCS:
         raise SystemExit(f"unknown malloc setting in {text!r}")
     return cfg
 
@@ -93,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", choices=PRECISIONS,
                    help="autocast dtype for the model (fp32 = strict float32)")
     p.add_argument("--backends", default=None, help="comma list (default: reference,fused[,triton on cuda])")
-    p.add_argument("--configs", default=None, help="comma list of backend[:precision[:malloc[:mode]]], or none (official only)")
-    p.add_argument("--malloc", default="tuned", choices=("tuned", "system"))
+    p.add_argument("--configs", default=None,
+                   help="comma list of backend[:precision[:malloc[:mode[:saving]]]], or none (official only)")
+    p.add_argument("--malloc", default="tuned", choices=MALLOCS)
     p.add_argument("--steps", type=int, default=5, help="timed training steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--infer-steps", type=int, default=None, help="timed inference passes (default: --steps)")
@@ -217,6 +229,12 @@ def _build_ours(args: argparse.Namespace, cfg: Dict[str, Any], device: Any, resu
     if args.img_size:
         kwargs["img_size"] = args.img_size
     model = sr.create_model(args.model, **kwargs).to(device)
+    saving = SAVINGS[cfg.get("saving", "default")]
+    if saving is not None:
+        model.set_spike_saving(saving[0])
+        model.set_backward_recompute(saving[1])
+    result["spike_bits"] = any(getattr(m, "save_spikes_as_bits", False) for m in model.modules())
+    result["recompute"] = any(getattr(m, "recompute_in_backward", False) for m in model.modules())
     if args.channels_last:  # 4-D weights only (the firing-rate buffers are 5-D)
         with torch.no_grad():
             for p in model.parameters():
@@ -357,7 +375,8 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 def config_key(cfg: Dict[str, Any]) -> str:
     """Identity of a configuration across rounds."""
-    return "{impl}:{backend}:{precision}:{malloc}:{mode}".format(**{**{"impl": "ours"}, **cfg})
+    return "{impl}:{backend}:{precision}:{malloc}:{mode}:{saving}".format(**{**{"impl": "ours", "saving": "default"},
+                                                                            **cfg})
 
 
 def run_order(official: List[Dict[str, Any]], ours: List[Dict[str, Any]], rounds: int) -> List[Dict[str, Any]]:
@@ -423,7 +442,8 @@ def _fmt(v: Optional[float], spec: str) -> str:
 def _label(r: Dict[str, Any]) -> str:
     if r.get("impl") == "official":
         return f"official/{r.get('neuron_backend', r['backend'])}"
-    return r["backend"]
+    saving = r.get("saving", "default")
+    return r["backend"] if saving == "default" else f"{r['backend']}/{saving}"
 
 
 def _spread(r: Dict[str, Any]) -> str:
@@ -433,35 +453,35 @@ def _spread(r: Dict[str, Any]) -> str:
 
 def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]]) -> None:
     """Print one row per configuration, with ratios against ``baseline``."""
-    head = (f"{'backend':<15} {'prec':<5} {'malloc':<7} {'mode':<7} {'1st(s)':>7} {'train s':>8} {'(min)':>7} "
+    head = (f"{'backend':<19} {'prec':<5} {'malloc':<7} {'mode':<7} {'1st(s)':>7} {'train s':>8} {'(min)':>7} "
             f"{'rounds':>10} {'img/s':>7} {'infer s':>8} {'(min)':>7} {'peak MB':>8} {'x train':>8} {'x infer':>8} "
             f"{'mem ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
         if "error" in r:
-            print(f"{_label(r):<15} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
+            print(f"{_label(r):<19} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
                   f"ERROR: {r['error'][:80]}")
             continue
         q = ratios(r, baseline if baseline is not None else {"error": "no baseline"})
         first = r.get("train_first_step_s", r.get("infer_first_s"))
-        print(f"{_label(r):<15} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
+        print(f"{_label(r):<19} {r['precision']:<5} {r['malloc']:<7} {r.get('mode', 'eager'):<7} "
               f"{_fmt(first, '7.1f')} {_fmt(r.get('train_step_s'), '8.3f')} "
               f"{_fmt(r.get('train_step_min_s'), '7.3f')} {_spread(r):>10} {_fmt(r.get('train_img_per_s'), '7.1f')} "
               f"{_fmt(r.get('infer_s'), '8.3f')} {_fmt(r.get('infer_min_s'), '7.3f')} {_fmt(_peak(r), '8.0f')} "
               f"{_fmt(q['train'], '8.2f')} {_fmt(q['infer'], '8.2f')} {_fmt(q['peak'], '9.2f')}")
         for err in r.get("failed_rounds") or []:
-            print(f"{'':<15} a round failed: {err[:100]}")
+            print(f"{'':<19} a round failed: {err[:100]}")
 
 
 def print_ratio_block(ours: List[Dict[str, Any]], base: Dict[str, Any]) -> None:
     """Ratios of each of our configurations against one official configuration."""
     print(f"against official {base['precision']} (speed-up official/ours; memory ours/official):")
-    print(f"  {'ours':<22} {'train':>7} {'infer':>7} {'peak RSS':>9} {'saved':>7}")
+    print(f"  {'ours':<30} {'train':>7} {'infer':>7} {'peak RSS':>9} {'saved':>7}")
     for r in ours:
         q = ratios(r, base)
-        name = f"{r['backend']}:{r['precision']}:{r['malloc']}:{r.get('mode', 'eager')}"
-        print(f"  {name:<22} {_fmt(q['train'], '7.2f')} {_fmt(q['infer'], '7.2f')} {_fmt(q['peak'], '9.2f')} "
+        name = f"{_label(r)}:{r['precision']}:{r['malloc']}:{r.get('mode', 'eager')}"
+        print(f"  {name:<30} {_fmt(q['train'], '7.2f')} {_fmt(q['infer'], '7.2f')} {_fmt(q['peak'], '9.2f')} "
               f"{_fmt(q['saved'], '7.2f')}")
 
 
@@ -472,9 +492,9 @@ def print_saved(results: List[Dict[str, Any]]) -> None:
         return
     print("saved for backward in one training forward, MB (each storage once): "
           "spike = only 0/1 values, bits = uint8, real = other floating, params = parameters")
-    print(f"  {'backend':<15} {'prec':<5} {'mode':<7} " + " ".join(f"{k:>8}" for k in (*SAVED_KINDS, "total")))
+    print(f"  {'backend':<19} {'prec':<5} {'mode':<7} " + " ".join(f"{k:>8}" for k in (*SAVED_KINDS, "total")))
     for r in rows:
-        lead = f"  {_label(r):<15} {r['precision']:<5} {r.get('mode', 'eager'):<7} "
+        lead = f"  {_label(r):<19} {r['precision']:<5} {r.get('mode', 'eager'):<7} "
         if "saved" not in r:
             print(lead + f"not counted: {r['saved_error'][:90]}")
             continue

@@ -186,9 +186,9 @@ def test_model_gradients_identical_with_and_without_bits(neuron, precision):
     torch.manual_seed(0)
     a = sr.SpikingResformer(planes=(16, 32, 64), num_heads=(1, 2, 4), prologue="cifar", img_size=16,
                             num_classes=10, group_size=16, T=2, neuron=neuron)
-    assert not any(getattr(m, "save_spikes_as_bits", False) for m in a.modules())  # off by default
+    assert all(m.save_spikes_as_bits for m in a.modules() if hasattr(m, "save_spikes_as_bits"))  # on by default
     b = copy.deepcopy(a)
-    a.set_spike_saving(True)
+    b.set_spike_saving(False)
     x, y = torch.randn(3, 3, 16, 16), torch.tensor([1, 2, 3])
     saved = []
     for m in (a, b):

@@ -7,6 +7,11 @@ allocations and never trims the heap top (the same as ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=<large>``); freed feature maps are then reused already mapped, at the cost of the
 process keeping its peak heap size.
 
+It also installs :mod:`spikingresformer.allocator`, a size-caching allocator for tensors of 1 MiB and
+more (each its own mapping, freed blocks reused by size, at most ``$SPIKINGRESFORMER_ALLOC_SLACK_MB``
+MiB, default 256, mapped above the peak of live large tensors), which removes the heap fragmentation that the settings above cause
+for large blocks; ``SPIKINGRESFORMER_MALLOC=glibc`` keeps only the glibc settings.
+
 ``import spikingresformer`` does not call it: a library must not retune its user's process. The
 ``spikingresformer`` command and the benchmarks call it when they start; Python users who want it call
 ``spikingresformer.runtime.apply_defaults()`` themselves. ``SPIKINGRESFORMER_MALLOC=system`` opts out;
@@ -20,11 +25,15 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import subprocess
 from typing import Dict, Optional
 
-__all__ = ["MALLOC_ENV_VAR", "apply_defaults", "malloc_settings", "tune_glibc_malloc"]
+__all__ = ["SLACK_ENV_VAR", "MALLOC_ENV_VAR", "apply_defaults", "malloc_settings", "tune_glibc_malloc"]
 
 MALLOC_ENV_VAR = "SPIKINGRESFORMER_MALLOC"
+#: MiB that the size-caching allocator may keep mapped above the peak of live large tensors
+SLACK_ENV_VAR = "SPIKINGRESFORMER_ALLOC_SLACK_MB"
+DEFAULT_SLACK_MB = 256
 
 # From glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -88,3 +97,24 @@ def apply_defaults() -> None:
             _status = "glibc tuned: " + ", ".join(f"{k}={v}" for k, v in _applied.items())
         except RuntimeError:
             _status = "not glibc; allocator untouched"
+    preloaded = any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc"))
+    if choice == "tuned" and not preloaded and platform.system() == "Linux":
+        _status += "; " + _install_caching_allocator()
+
+
+def _install_caching_allocator() -> str:
+    """Install :mod:`spikingresformer.allocator` for large tensors; a one-line status either way."""
+    from . import allocator
+
+    raw = os.environ.get(SLACK_ENV_VAR, str(DEFAULT_SLACK_MB)).strip()
+    try:
+        slack_mb = int(raw)
+        if slack_mb < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{SLACK_ENV_VAR} must be a whole number of MiB (0 or more), got {raw!r}") from None
+    try:
+        settings = allocator.install(min_bytes=1 << 20, slack_bytes=slack_mb << 20)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return f"size-caching allocator unavailable ({str(exc).splitlines()[0][:120]})"
+    return f"size-caching allocator for tensors >= 1 MiB, slack {settings['slack_bytes'] >> 20} MiB"

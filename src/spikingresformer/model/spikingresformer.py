@@ -366,9 +366,8 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: average DSSA firing rates over ranks under ``torch.distributed``.
         global_pool: ``"avg"`` (global average pooling before the classifier) or ``""`` (none).
         save_spikes_as_bits: keep the spike inputs of convolutions and DSSA products at one bit per
-            element for backward (identical gradients, 70 % less saved for backward on cifar; off by
-            default because packing in eager PyTorch costs more time than it saves memory at peak
-            today, see ``docs/performance.md``; :meth:`set_spike_saving` switches it).
+            element for backward (identical gradients; packing and unpacking are one C pass each on
+            CPU; :meth:`set_spike_saving` switches it).
         recompute_in_backward: in eager CPU training, keep only the BatchNorm inputs of each GWFFN's
             middle chain for backward and recompute its BatchNorm outputs, membranes and spikes there
             (identical results and gradients, less memory; :meth:`set_backward_recompute` switches it).
@@ -400,7 +399,7 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: bool = True,
         memory_format: str = "auto",
         global_pool: str = "avg",
-        save_spikes_as_bits: bool = False,
+        save_spikes_as_bits: bool = True,
         recompute_in_backward: bool = True,
         **kwargs: Any,
     ):
