@@ -240,11 +240,26 @@ def test_worker_ours_reports_times_and_saved_spikes(monkeypatch):
     monkeypatch.setenv("SPIKINGRESFORMER_MALLOC", "system")
     args = step.build_parser().parse_args(
         ["--batch-size", "1", "--T", "1", "--img-size", "16", "--steps", "1", "--warmup", "0", "--no-infer"])
-    r = step.run_worker(args, step._parse_config("fused:fp32", "bf16", "tuned"))
-    assert r["train_step_s"] > 0 and r["train_peak_rss_mb"] > 0 and r["img"] == 16
-    mb = r["saved"]["mb"]
-    assert mb["spike"] > 0 and mb["real"] > 0 and mb["params"] > 0
+    plain = step.run_worker(args, step._parse_config("fused:fp32:tuned:eager:plain", "bf16", "tuned"))
+    assert plain["train_step_s"] > 0 and plain["train_peak_rss_mb"] > 0 and plain["img"] == 16
+    assert not plain["spike_bits"] and not plain["recompute"]
+    mb = plain["saved"]["mb"]
+    assert mb["spike"] > 0 and mb["bits"] == 0 and mb["real"] > 0 and mb["params"] > 0
     assert mb["total"] == pytest.approx(sum(mb[k] for k in step.SAVED_KINDS))
+    lean = step.run_worker(args, step._parse_config("fused:fp32", "bf16", "tuned"))  # the model's defaults
+    assert lean["spike_bits"] and lean["recompute"]
+    assert lean["saved"]["mb"]["spike"] < 0.01 * mb["spike"] and lean["saved"]["mb"]["bits"] > 0
+    assert lean["saved"]["mb"]["total"] < mb["total"]
+
+
+def test_config_saving_and_malloc_fields():
+    cfg = step._parse_config("fused:bf16:glibc:eager:lean", "fp32", "tuned")
+    assert (cfg["precision"], cfg["malloc"], cfg["mode"], cfg["saving"]) == ("bf16", "glibc", "eager", "lean")
+    assert step._parse_config("fused", "fp32", "tuned")["saving"] == "default"
+    with pytest.raises(SystemExit, match="unknown saving"):
+        step._parse_config("fused:bf16:tuned:eager:tiny", "fp32", "tuned")
+    with pytest.raises(SystemExit, match="unknown malloc"):
+        step._parse_config("fused:bf16:jemalloc", "fp32", "tuned")
 
 
 @pytest.mark.skipif(not (os.environ.get("SPIKINGRESFORMER_OFFICIAL_DIR") and os.environ.get("SPIKINGRESFORMER_OFFICIAL_PYTHON")),

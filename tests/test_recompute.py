@@ -132,6 +132,8 @@ def test_recompute_stands_aside_where_modules_must_be_called():
     block(x)
     assert calls == [1]
     handle.remove()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(block))
+    assert not synced._recompute_ok(x)  # statistics across processes: the module path
     reference = GWFFN(16, ratio=4, group_size=16, backend="reference").train()
     assert not reference._recompute_ok(x)  # no custom operators to call
     block.recompute_in_backward = False

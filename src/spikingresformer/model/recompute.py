@@ -46,7 +46,8 @@ def _global_hooks() -> bool:
 def can_recompute(x: Tensor, modules: Sequence[nn.Module], neurons: Sequence[nn.Module]) -> bool:
     """Whether the recomputing path may replace the module calls of ``modules`` for input ``x``.
 
-    Eager CPU training only, every BatchNorm in training mode with running statistics, every neuron
+    Eager CPU training only, every BatchNorm a plain ``nn.BatchNorm2d`` (not ``SyncBatchNorm``) in
+    training mode with running statistics, every neuron
     on a backend with custom operators, and no hooks anywhere (hooks must see the module calls).
     """
     if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.compiler.is_compiling():
@@ -56,8 +57,9 @@ def can_recompute(x: Tensor, modules: Sequence[nn.Module], neurons: Sequence[nn.
     for m in modules:
         if _has_hooks(m) or not m.training:
             return False
-        if isinstance(m, nn.BatchNorm2d) and not (m.track_running_stats and m.running_mean is not None):
-            return False
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (
+                type(m) is nn.BatchNorm2d and m.track_running_stats and m.running_mean is not None):
+            return False  # e.g. SyncBatchNorm, whose statistics span processes
     return all(neuron_ops(n.backend, x.device) is not None for n in neurons)
 
 
