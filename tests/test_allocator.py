@@ -97,3 +97,21 @@ def test_apply_defaults_installs_it_unless_told_not_to(choice, expect_cache):
     """, SPIKINGRESFORMER_MALLOC=choice)
     assert out["installed"] is expect_cache, out["status"]
     assert ("size-caching" in out["status"]) is expect_cache
+
+
+def test_forked_children_allocate_and_free():
+    out = _child("""
+        import json, os, torch
+        from spikingresformer import allocator
+        allocator.install(min_bytes=1 << 20, slack_bytes=8 << 20)
+        keep = torch.ones(2_000_000)
+        codes = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:  # the child: big and small tensors, then leave without running atexit handlers
+                t = torch.full((3_000_000,), 2.0) + keep
+                os._exit(0 if bool((t == 3.0).all()) and allocator.stats()["live_bytes"] > 0 else 3)
+            codes.append(os.waitpid(pid, 0)[1])
+        print(json.dumps(dict(codes=codes, ok=bool((keep == 1).all()))))
+    """)
+    assert out["codes"] == [0, 0, 0] and out["ok"]

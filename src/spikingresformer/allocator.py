@@ -39,6 +39,7 @@ CXX_SOURCE = r"""
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <cstring>
 #include <mutex>
@@ -170,6 +171,11 @@ void SizeCachingAllocator::delete_block(void* p) { g_alloc->give_back(p); }
 
 }  // namespace
 
+// fork() (DataLoader workers) while another thread holds the lock would leave the child's copy
+// locked forever: hold it across the fork so both sides start from a consistent, unlocked state.
+static void before_fork() { if (g_alloc) g_alloc->mu.lock(); }
+static void after_fork() { if (g_alloc) g_alloc->mu.unlock(); }
+
 extern "C" int srf_alloc_abi_version() { return 1; }
 
 extern "C" int srf_alloc_install(int64_t min_bytes, int64_t slack_bytes) {
@@ -177,6 +183,7 @@ extern "C" int srf_alloc_install(int64_t min_bytes, int64_t slack_bytes) {
   g_alloc = new SizeCachingAllocator();  // never freed: blocks may outlive any scope
   g_alloc->min_bytes = static_cast<size_t>(min_bytes);
   g_alloc->slack = static_cast<size_t>(slack_bytes);
+  pthread_atfork(before_fork, after_fork, after_fork);
   c10::SetCPUAllocator(g_alloc, /*priority=*/100);
   return 1;
 }
