@@ -22,7 +22,7 @@ def _child(code: str, **env: str) -> dict:
         if name not in env:
             full_env.pop(name, None)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=full_env, timeout=600)
+                          env=full_env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -104,11 +104,12 @@ def test_forked_children_allocate_and_free():
         import json, os, torch
         from spikingresformer import allocator
         allocator.install(min_bytes=1 << 20, slack_bytes=8 << 20)
-        keep = torch.ones(2_000_000)
+        keep = torch.ones(3_000_000)
         codes = []
         for _ in range(3):
             pid = os.fork()
-            if pid == 0:  # the child: big and small tensors, then leave without running atexit handlers
+            if pid == 0:  # the child (one thread, as DataLoader workers run): allocate, free, leave
+                torch.set_num_threads(1)
                 t = torch.full((3_000_000,), 2.0) + keep
                 os._exit(0 if bool((t == 3.0).all()) and allocator.stats()["live_bytes"] > 0 else 3)
             codes.append(os.waitpid(pid, 0)[1])
