@@ -19,7 +19,7 @@ evaluation, hooks (energy counting) and other devices take the ordinary module p
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 import torch.fx
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..neurons.backends import neuron_ops
 from ..neurons.common import plif_w_grad
+from .spike_saving import PackedSpikes, autocast_dtype, fold_batch, folded_matmul_backward, pack_spikes
 
 __all__ = ["can_recompute", "dssa_middle", "gwffn_middle"]
 
@@ -121,9 +122,9 @@ class _Neuron:
     def backward(self, h: Tensor, x: Tensor, grad_spikes: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """``(grad x, grad w or None)`` as the operator's autograd formula computes them."""
         kind, tau, vth, vr, alpha = self._args()
-        grad_x, grad_k = self.ops.backward_op(h, x if kind == "plif" else None, grad_spikes.to(h.dtype)
-                                              if grad_spikes.dtype != h.dtype else grad_spikes,
-                                              self.w, kind, tau, vth, vr, alpha)
+        # grad_spikes.to: what the cast of the spikes to the autocast dtype does in backward
+        grad_x, grad_k = self.ops.backward_op(h, x if kind == "plif" else None, grad_spikes.to(h.dtype), self.w,
+                                              kind, tau, vth, vr, alpha)
         grad_w = plif_w_grad(grad_k, self.w) if (self.w is not None and self.w.requires_grad) else None
         return grad_x, grad_w
 
@@ -185,10 +186,6 @@ class _GWFFNMiddle(torch.autograd.Function):
                 grad_g_mid, grad_b_mid, None)
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-
-
 def gwffn_middle(c_up: Tensor, norm_up: nn.BatchNorm2d, neuron_mid: nn.Module, conv: nn.Conv2d,
                  norm_mid: nn.BatchNorm2d, neuron_out: nn.Module) -> Tensor:
     """``neuron_out(BN_mid(conv(neuron_mid(u))) + u)`` with ``u = BN_up(c_up)``, recomputed in backward.
@@ -196,7 +193,7 @@ def gwffn_middle(c_up: Tensor, norm_up: nn.BatchNorm2d, neuron_mid: nn.Module, c
     ``c_up`` is ``[T, B, C, H, W]``; the result equals the module calls bit for bit, in forward and
     in every gradient (see the module docstring). Call only where :func:`can_recompute` allows.
     """
-    low = _autocast_dtype(c_up.device.type)
+    low = autocast_dtype(c_up.device.type)
     weight = conv.weight if low is None else conv.weight.to(low)  # what autocast would cast it to
     plan = (_Norm(norm_up), _Neuron(neuron_mid, c_up.device, low), (conv.stride, conv.padding, conv.dilation,
             conv.groups), _Norm(norm_mid), _Neuron(neuron_out, c_up.device, low))
@@ -211,26 +208,15 @@ def gwffn_middle(c_up: Tensor, norm_up: nn.BatchNorm2d, neuron_mid: nn.Module, c
 # --------------------------------------------------------------------------------------------------
 
 
-def _fold(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor, torch.Size]:
-    """Both operands as 3-d batches for ``bmm``, the way ``torch.matmul`` folds them."""
-    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
-    b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
-    return a3, b3, batch
-
-
 def _matmul(a: Tensor, b: Tensor) -> Tensor:
-    a3, b3, batch = _fold(a, b)
+    a3, b3, batch = fold_batch(a, b)
     return torch.bmm(a3, b3).view(*batch, a3.shape[-2], b3.shape[-1])
 
 
 def _matmul_backward(grad: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
     """Gradients of ``a @ b`` for both operands, with the kernels autograd's ``bmm`` backward calls."""
-    a3, b3, batch = _fold(a, b)
-    g3 = grad.reshape(-1, *grad.shape[-2:])
-    grad_a = torch.bmm(g3, b3.transpose(1, 2)).reshape(*batch, *a.shape[-2:]).sum_to_size(a.shape)
-    grad_b = torch.bmm(a3.transpose(1, 2), g3).reshape(*batch, *b.shape[-2:]).sum_to_size(b.shape)
-    return grad_a, grad_b
+    a3, b3, batch = fold_batch(a, b)
+    return folded_matmul_backward(grad, a3, b3, batch, a.shape, b.shape)
 
 
 class _DSSAMiddle(torch.autograd.Function):
@@ -267,8 +253,6 @@ class _DSSAMiddle(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes):  # type: ignore[override]
-        from .spike_saving import PackedSpikes
-
         norm, neuron_attn, neuron_out, heads, scale1, _, channels_last, _ = ctx.plan
         c, s, mean, invstd, scale2 = ctx.saved_tensors
         if ctx.spike_layout is not None:
@@ -314,9 +298,7 @@ def dssa_middle(c: Tensor, s: Tensor, norm: nn.BatchNorm2d, neuron_attn: nn.Modu
     module path does for channels-last input. Results and gradients equal the module calls; the
     attention products, the BatchNorm output and both membranes are recomputed in backward.
     """
-    from .spike_saving import pack_spikes
-
-    low = _autocast_dtype(c.device.type)
+    low = autocast_dtype(c.device.type)
     plan = (_Norm(norm), _Neuron(neuron_attn, c.device, low), _Neuron(neuron_out, c.device, low), heads, scale1,
             attn_scale, channels_last, pack_spikes if spikes_as_bits else None)
     with torch.autocast(c.device.type, enabled=False):

@@ -167,11 +167,9 @@ def unpack_spikes(packed: PackedSpikes) -> torch.Tensor:
     return dense.permute(inverse)
 
 
-def _autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
-    device_type = t.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype on ``device_type``, or ``None`` when autocast is off there."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
 class _SpikeConv2d(torch.autograd.Function):
@@ -202,7 +200,7 @@ def spike_conv2d(s: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], p
     """``F.conv2d(s, weight)`` (no bias) for a spike input ``s``; keeps ``s`` as bits when autograd needs it."""
     if not (torch.is_grad_enabled() and (s.requires_grad or weight.requires_grad)):
         return F.conv2d(s, weight, None, stride, padding, dilation, groups)
-    low = _autocast_dtype(s)
+    low = autocast_dtype(s.device.type)
     if low is not None:  # what autocast would do: both operands in the low dtype (the weight cast on record)
         s, weight = s.to(low), weight.to(low)
         with torch.autocast(s.device.type, enabled=False):
@@ -210,11 +208,25 @@ def spike_conv2d(s: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], p
     return _SpikeConv2d.apply(s, weight, tuple(stride), tuple(padding), tuple(dilation), groups)
 
 
-def _fold_batch(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Size]:
+def fold_batch(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Size]:
+    """Both operands as 3-d batches for ``bmm``, the way ``torch.matmul`` folds them."""
     batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
     b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
     return a3, b3, batch
+
+
+def folded_matmul_backward(grad: torch.Tensor, a3: torch.Tensor, b3: torch.Tensor, batch: torch.Size,
+                           a_shape: torch.Size, b_shape: torch.Size, need_a: bool = True,
+                           need_b: bool = True) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of ``a @ b`` from its folded operands (:func:`fold_batch`), with autograd's ``bmm`` kernels."""
+    g3 = grad.reshape(-1, *grad.shape[-2:])
+    grad_a = grad_b = None
+    if need_a:
+        grad_a = torch.bmm(g3, b3.transpose(1, 2)).reshape(*batch, *a_shape[-2:]).sum_to_size(a_shape)
+    if need_b:
+        grad_b = torch.bmm(a3.transpose(1, 2), g3).reshape(*batch, *b_shape[-2:]).sum_to_size(b_shape)
+    return grad_a, grad_b
 
 
 class _SpikeMatmulRight(torch.autograd.Function):
@@ -222,7 +234,7 @@ class _SpikeMatmulRight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, left, right):  # type: ignore[override]
-        a3, b3, batch = _fold_batch(left, right)
+        a3, b3, batch = fold_batch(left, right)
         ctx.batch, ctx.left_shape, ctx.right_shape = batch, left.shape, right.shape
         packed = pack_spikes(b3)
         ctx.layout = packed.layout()
@@ -233,22 +245,15 @@ class _SpikeMatmulRight(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         a3, bits = ctx.saved_tensors
         b3 = PackedSpikes(bits, *ctx.layout).unpack()
-        g3 = grad.reshape(-1, *grad.shape[-2:])
-        grad_left = grad_right = None
-        if ctx.needs_input_grad[0]:
-            grad_left = torch.bmm(g3, b3.transpose(1, 2)).reshape(*ctx.batch, *ctx.left_shape[-2:])
-            grad_left = grad_left.sum_to_size(ctx.left_shape)
-        if ctx.needs_input_grad[1]:
-            grad_right = torch.bmm(a3.transpose(1, 2), g3).reshape(*ctx.batch, *ctx.right_shape[-2:])
-            grad_right = grad_right.sum_to_size(ctx.right_shape)
-        return grad_left, grad_right
+        return folded_matmul_backward(grad, a3, b3, ctx.batch, ctx.left_shape, ctx.right_shape,
+                                      ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
 
 def spike_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``left @ right`` (both at least 3-d) for a spike tensor ``right``, kept as bits when autograd needs it."""
     if not (torch.is_grad_enabled() and (left.requires_grad or right.requires_grad)) or left.dim() < 3:
         return torch.matmul(left, right)
-    low = _autocast_dtype(left)
+    low = autocast_dtype(left.device.type)
     if low is not None:
         left, right = left.to(low), right.to(low)
         with torch.autocast(left.device.type, enabled=False):

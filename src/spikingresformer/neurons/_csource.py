@@ -48,6 +48,11 @@ _HEADER = r"""
 #define BLK 1024
 #define PACK_CHUNK 4096  /* bytes of packed spikes per OpenMP iteration */
 
+/* end (exclusive) of the chunk of bytes that starts at b0, of nfull bytes in all */
+static inline int64_t chunk_end(int64_t b0, int64_t nfull) {
+    return (nfull - b0) < PACK_CHUNK ? nfull : b0 + PACK_CHUNK;
+}
+
 static inline int pack_threads(int64_t nchunks, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     return nchunks < nthreads ? (nchunks < 1 ? 1 : (int)nchunks) : nthreads;
@@ -166,9 +171,7 @@ void srf_pack_{name}(const {UT}* restrict s, uint8_t* restrict bits, int64_t n, 
     const int64_t nchunks = (nfull + PACK_CHUNK - 1) / PACK_CHUNK;
     #pragma omp parallel for num_threads(pack_threads(nchunks, nthreads)) schedule(static)
     for (int64_t c = 0; c < nchunks; ++c) {{
-        const int64_t b0 = c * PACK_CHUNK;
-        const int64_t b1 = (nfull - b0) < PACK_CHUNK ? nfull : b0 + PACK_CHUNK;
-        for (int64_t b = b0; b < b1; ++b) {{
+        for (int64_t b = c * PACK_CHUNK, b1 = chunk_end(c * PACK_CHUNK, nfull); b < b1; ++b) {{
             const {UT}* restrict p = s + 8 * b;
             unsigned v = 0;
             for (int j = 0; j < 8; ++j) v |= (unsigned)((p[j] & {MASK}) != 0) << j;
@@ -187,9 +190,7 @@ void srf_unpack_{name}(const uint8_t* restrict bits, {UT}* restrict out, int64_t
     const int64_t nchunks = (nfull + PACK_CHUNK - 1) / PACK_CHUNK;
     #pragma omp parallel for num_threads(pack_threads(nchunks, nthreads)) schedule(static)
     for (int64_t c = 0; c < nchunks; ++c) {{
-        const int64_t b0 = c * PACK_CHUNK;
-        const int64_t b1 = (nfull - b0) < PACK_CHUNK ? nfull : b0 + PACK_CHUNK;
-        for (int64_t b = b0; b < b1; ++b) {{
+        for (int64_t b = c * PACK_CHUNK, b1 = chunk_end(c * PACK_CHUNK, nfull); b < b1; ++b) {{
             const unsigned v = bits[b];
             {UT}* restrict o = out + 8 * b;
             for (int j = 0; j < 8; ++j) o[j] = (({UT})0 - ({UT})((v >> j) & 1u)) & ({UT}){ONE};
