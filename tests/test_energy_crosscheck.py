@@ -78,16 +78,12 @@ def test_crosscheck_without_spikingjelly(small, monkeypatch, capsys):
 
 @needs_sj
 def test_crosscheck_on_the_official_fixture():
-    """The cifar fixture checkpoint (first test image, to stay quick): both counters agree layer for layer."""
-    from pathlib import Path
+    """The float64 cifar fixture (exact on any CPU): both counters agree layer for layer with the official total."""
+    from conftest import load_fixture, model_from_fixture
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_cifar.pt"
-    if not path.exists():
-        pytest.skip(f"fixture {path} not available")
-    fx = torch.load(path, weights_only=True)
-    model = spikingresformer.create_model(fx["model_name"], num_classes=10, T=fx["T"], img_size=fx["img_size"])
-    spikingresformer.load_checkpoint(model, fx["checkpoint"])
-    cc = crosscheck(model, fx["test_input"][:1])
+    fx = load_fixture("official_cifar_f64")
+    model = model_from_fixture(fx)
+    cc = crosscheck(model, fx["test_input"])
     assert cc.disagreements == [] and cc.same_output
     assert set(fx["official_sops_per_layer_per_image"]) == {a.name for a in cc.layers if a.spike_input}
-    assert cc.sj_sops == cc.ours_sops == 319_992_448  # image 0 alone (the batch mean is 317,325,888)
+    assert cc.sj_sops == cc.ours_sops == fx["official_sops_per_image"]
