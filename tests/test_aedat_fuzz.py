@@ -107,18 +107,22 @@ def test_aedat31_round_trip(folder, comments, items):
 
 
 @st.composite
-def damaged(draw, blob: bytes) -> bytes:
-    """``blob`` truncated, with flipped bytes, with a garbage start, or with bytes inserted."""
-    kind = draw(st.sampled_from(["truncate", "flip", "garbage header", "insert"]))
-    n = len(blob)
+def damaged(draw, blob: bytes, body: int) -> bytes:
+    """``blob`` truncated, with flipped bytes (anywhere, or only after the ``body`` header bytes), with a
+    garbage start, or with bytes inserted."""
+    kind = draw(st.sampled_from(["truncate", "flip", "flip body", "garbage header", "insert"]))
+    n = len(blob)  # never 0: the version line is always there
     if kind == "truncate":
-        return blob[: draw(st.integers(0, max(n - 1, 0)))]
-    if kind == "flip":
+        return blob[: draw(st.integers(0, n - 1))]
+    if kind.startswith("flip"):
+        if kind == "flip body" and body == n:  # no records to damage: make some
+            blob += draw(st.binary(min_size=8, max_size=64))
+            n = len(blob)
+        lo = body if kind == "flip body" else 0
         out = bytearray(blob)
-        for pos, mask in draw(st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(1, 255)), min_size=1,
+        for pos, mask in draw(st.lists(st.tuples(st.integers(lo, n - 1), st.integers(1, 255)), min_size=1,
                                        max_size=8)):
-            if out:
-                out[pos] ^= mask
+            out[pos] ^= mask
         return bytes(out)
     if kind == "garbage header":
         return draw(st.binary(min_size=1, max_size=40)) + blob[draw(st.integers(0, min(n, 60))):]
@@ -126,25 +130,27 @@ def damaged(draw, blob: bytes) -> bytes:
     return blob[:pos] + draw(st.binary(min_size=1, max_size=12)) + blob[pos:]
 
 
-def _read_or_documented_error(reader, path: Path) -> None:
+def _read_or_documented_error(reader, path: Path) -> str:
+    """``"error"`` or ``"events"``: which of the two allowed outcomes reading ``path`` had."""
     try:
         ev = reader(path)
     except EventFileError as e:
         assert e.path == str(path) and str(path) in str(e)
-        return
+        return "error"
     n = len(ev)
     assert ev.t.shape == ev.x.shape == ev.y.shape == ev.p.shape == (n,)
     assert ev.t.dtype == np.int64 and ev.p.dtype == np.uint8
     if n:
         assert 0 <= ev.x.min() and ev.x.max() < 128 and 0 <= ev.y.min() and ev.y.max() < 128
         assert set(np.unique(ev.p).tolist()) <= {0, 1}
+    return "events"
 
 
 @FUZZ
 @given(data=st.data(), comments=st.lists(comment, max_size=2), events=aedat2_events)
 def test_damaged_aedat2_gives_only_event_file_error(folder, data, comments, events):
     path = folder / "bad2.aedat"
-    path.write_bytes(data.draw(damaged(aedat2_bytes(comments, events))))
+    path.write_bytes(data.draw(damaged(aedat2_bytes(comments, events), len(aedat2_bytes(comments, [])))))
     _read_or_documented_error(read_cifar10dvs, path)
 
 
@@ -152,5 +158,28 @@ def test_damaged_aedat2_gives_only_event_file_error(folder, data, comments, even
 @given(data=st.data(), comments=st.lists(comment, max_size=2), items=packets)
 def test_damaged_aedat31_gives_only_event_file_error(folder, data, comments, items):
     path = folder / "bad31.aedat"
-    path.write_bytes(data.draw(damaged(aedat31_bytes(comments, items)[0])))
+    path.write_bytes(data.draw(damaged(aedat31_bytes(comments, items)[0], len(aedat31_bytes(comments, [])[0]))))
     _read_or_documented_error(read_aedat31, path)
+
+
+def test_damaged_records_reach_both_outcomes(tmp_path):
+    """Flipped record bytes (header intact) must be read as events or rejected as documented; these cases
+    make sure both outcomes, and so the event-stream checks above, are exercised."""
+    rng = np.random.default_rng(0)
+    outcomes = {read_cifar10dvs: set(), read_aedat31: set()}
+    events = [(int(t), int(x), int(y), int(p)) for t, x, y, p in zip(rng.integers(0, 2**31, 50),
+                                                                        *rng.integers(0, 128, (2, 50)),
+                                                                        rng.integers(0, 2, 50))]
+    blobs = {read_cifar10dvs: (aedat2_bytes([], events), len(aedat2_bytes([], []))),
+             read_aedat31: (aedat31_bytes([], [(1, 0, [e + (1,) for e in events])])[0],
+                            len(aedat31_bytes([], [])[0]) + 28)}
+    for trial in range(40):
+        for reader, (blob, body) in blobs.items():
+            out = bytearray(blob)
+            for pos in rng.integers(body, len(blob), 4):
+                out[pos] ^= int(rng.integers(1, 256))
+            path = tmp_path / f"flip{trial}.aedat"
+            path.write_bytes(bytes(out))
+            outcomes[reader].add(_read_or_documented_error(reader, path))
+    assert outcomes[read_cifar10dvs] == {"events"}  # every 8-byte AEDAT 2 record decodes to a sensor pixel
+    assert outcomes[read_aedat31] == {"events", "error"}  # AEDAT 3.1 x/y fields can leave the sensor

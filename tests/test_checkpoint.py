@@ -20,22 +20,34 @@ def _model(**kw):
     return sr.create_model("spikingresformer_cifar", **kw)
 
 
+def _assert_holds(model, state):
+    """Every entry of ``model``'s state dict equals the checkpoint's."""
+    ours = model.state_dict()
+    assert sorted(ours) == sorted(state)
+    for k, v in state.items():
+        assert torch.equal(ours[k], v), k
+
+
 def test_load_official_dict_path_and_raw_state(official, tmp_path):
     m = _model()
     res = sr.load_checkpoint(m, official["checkpoint"])
     assert res.missing_keys == [] and res.unexpected_keys == []
+    _assert_holds(m, official["checkpoint"]["model"])
     path = tmp_path / "ckpt.pth"
     torch.save(official["checkpoint"], path)
     m2 = _model()
     sr.load_checkpoint(m2, path)
-    sr.load_checkpoint(_model(), official["checkpoint"]["model"])  # raw state dict
-    for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
-        assert torch.equal(a, b), k
+    _assert_holds(m2, official["checkpoint"]["model"])
+    m3 = _model()
+    sr.load_checkpoint(m3, official["checkpoint"]["model"])  # raw state dict
+    _assert_holds(m3, official["checkpoint"]["model"])
 
 
 def test_ddp_prefix_is_stripped(official):
     state = {"module." + k: v for k, v in official["checkpoint"]["model"].items()}
-    sr.load_checkpoint(_model(), {"model": state})
+    m = _model()
+    sr.load_checkpoint(m, {"model": state})
+    _assert_holds(m, official["checkpoint"]["model"])
 
 
 def test_safetensors_round_trip(official, tmp_path):
@@ -44,8 +56,7 @@ def test_safetensors_round_trip(official, tmp_path):
     path = sr.save_weights(m, tmp_path / "w.safetensors")
     m2 = _model()
     sr.load_checkpoint(m2, path)
-    for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
-        assert torch.equal(a, b), k
+    _assert_holds(m2, official["checkpoint"]["model"])
     with pytest.raises(ValueError, match="safetensors"):
         sr.save_weights(m, tmp_path / "w.pt")
 

@@ -306,8 +306,10 @@ def test_cifar10dvs_frames_and_cache(tmp_path, monkeypatch):
     fresh = CIFAR10DVS(tmp_path / "c", False, T=5, img_size=32, cache_dir=cache)  # another process, resized
     y, _ = fresh[3]
     assert y.shape == (5, 3, 32, 32) and reads == []
-    CIFAR10DVS(tmp_path / "c", False, T=6, cache_dir=cache)[3]  # another T is another cache entry
+    assert torch.equal(y, frames_to_input(ref.astype(np.uint16), 32))
+    x6, _ = CIFAR10DVS(tmp_path / "c", False, T=6, cache_dir=cache)[3]  # another T is another cache entry
     assert reads == [Path(rel).name]
+    assert np.array_equal(x6[:, :2].numpy(), loop_frames(written[rel], 6).astype(np.float32))
 
 
 def test_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
@@ -359,21 +361,25 @@ def test_gesture_segments_frames_and_cache(tmp_path, monkeypatch):
     assert len(tr) == 5 and len(te) == 3
     assert tr.targets == [gesture_index(c) for c in (1, 11, 3, 2, 10)] == [0, 2, 3, 1, 10]
     assert te.targets == [2, 5, 0]
+    first = []
     for i, (name, row, label, start, end) in enumerate(tr.samples):
         seg = [e for e in written[name] if start <= e[0] < end]
         assert as_tuples(tr.events(i)) == seg
         x, y = tr[i]
         assert y == label and x.shape == (4, 3, 128, 128)
         assert np.array_equal(x[:, :2].numpy(), loop_frames(seg, 4).astype(np.float32))
+        first.append(x)
     # tr.events(i) reads each time; tr[i] read each recording once: its first segment cached them all
     assert reads.count("user01_fluorescent.aedat") == 3 + 1 and reads.count("user01_led.aedat") == 2 + 1
     reads.clear()
     again = DVS128Gesture(tmp_path / "DvsGesture", True, T=4, cache_dir=cache)
     for i in range(len(again)):
-        again[i]
+        assert torch.equal(again[i][0], first[i])
     assert reads == []
-    x, y = te[1]
+    x, y = te[1]  # user24_natural row 2: class 5, [1_700_000, 2_300_000), resized to 64
     assert x.shape == (4, 3, 64, 64) and y == 5
+    seg = [e for e in written["user24_natural.aedat"] if 1_700_000 <= e[0] < 2_300_000]
+    assert torch.equal(x, frames_to_input(loop_frames(seg, 4).astype(np.uint16), 64))
 
 
 def test_gesture_missing_files(tmp_path):
@@ -555,6 +561,7 @@ def test_event_digits_dataset(tmp_path):
     again = EventDigits(False, T=4, seed=0, img_size=32, cache_dir=str(tmp_path))  # from the cache
     assert all(np.array_equal(again.frames(i), ds.frames(i)) for i in range(len(ds)))
     assert again[0][0].shape == (4, 3, 32, 32)
+    assert torch.equal(again[0][0], frames_to_input(ds.frames(0), 32))
     for i in (0, 123):  # frames are the split-by-number framing of the simulated events
         assert np.array_equal(events_to_frames(ds.events(i), 4, 16, 16), ds.frames(i))
 

@@ -132,6 +132,14 @@ def test_imagenet_folders(tmp_path):
     ev, _ = build_dataset("imagenet", str(tmp_path / "in"), False, **dict(OPTS, img_size=24, crop_pct=0.95))
     x, y = ev[0]
     assert x.shape == (3, 24, 24) and y == 0
+    # eval: bicubic resize of the short side to floor(24 / 0.95) = 25, centre crop 24, ImageNet normalisation
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision import transforms as tv
+
+    ref = tv.Compose([tv.Resize(25, interpolation=tv.InterpolationMode.BICUBIC), tv.CenterCrop(24), tv.ToTensor(),
+                      tv.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    with Image.open(tmp_path / "in" / "val" / "n01440764" / "n01440764_0.JPEG") as img:
+        assert torch.allclose(x, ref(img.convert("RGB")), atol=1e-6)
     assert ev.classes == ds.classes
 
 

@@ -212,9 +212,18 @@ def test_models_in_json_csv_and_table(small_cifar, tmp_path):
     report.write_csv(tmp_path / "l.csv", tmp_path / "n.csv", tmp_path / "m.csv")
     with open(tmp_path / "l.csv") as f:
         layer_rows = list(csv.DictReader(f))
-    assert "memory_weights_pj" in layer_rows[0] and "energy_memory_mj" in layer_rows[0]
+    for row, layer in zip(layer_rows, data["layers"], strict=True):  # the CSV holds the JSON's figures
+        assert row["name"] == layer["name"] and float(row["sops"]) == pytest.approx(layer["sops"], rel=1e-12)
+        assert float(row["energy_memory_mj"]) == pytest.approx(layer["energy_memory_mj"], rel=1e-12)
+        for part in ("weights", "dense", "synaptic", "spikes", "total"):
+            assert float(row[f"memory_{part}_pj"]) == pytest.approx(layer["memory_pj"][f"{part}_pj"], rel=1e-12)
+    assert any(float(r["memory_weights_pj"]) > 0 for r in layer_rows)
     with open(tmp_path / "m.csv") as f:
-        assert [r["network"] for r in csv.DictReader(f)] == ["spiking", "relu", "quantized"]
+        model_rows = list(csv.DictReader(f))
+    assert [r["network"] for r in model_rows] == ["spiking", "relu", "quantized"]
+    for row in model_rows:
+        for key in ("ops_mj", "memory_mj"):
+            assert float(row[key]) == pytest.approx(rows[row["network"]][key], rel=1e-12)
     table = render_table(report)
     assert "break-even" in table and "memory-aware" in table and "E mem uJ" in table
     assert math.isfinite(rows["relu"]["break_even_memory"])
@@ -231,8 +240,12 @@ def test_cli_recipe_defaults_and_overrides(tmp_path, capsys):
     assert rc == 0
     data = json.loads((out / "energy.json").read_text())
     assert data["T"] == 2 and data["input_shape"] == [1, 3, 8, 8]  # --T overrides, img_size from the recipe
-    assert data["params"] < 100_000  # the recipe's small planes were used
-    assert (out / "energy_models.csv").exists()
+    small = spikingresformer.create_model("spikingresformer_cifar", planes=[8, 16, 32], num_heads=[1, 2, 4],
+                                          group_size=8)
+    assert data["params"] == sum(p.numel() for p in small.parameters())  # the recipe's small planes were used
+    with open(out / "energy_models.csv") as f:
+        model_rows = {r["network"]: r for r in csv.DictReader(f)}
+    assert float(model_rows["spiking"]["memory_mj"]) == pytest.approx(data["totals"]["energy_memory_mj"], rel=1e-12)
     capsys.readouterr()
     assert energy_cli.main(["--device", "cpu", "--no-plots"]) == 2
     assert "no model given" in capsys.readouterr().err

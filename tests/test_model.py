@@ -10,7 +10,9 @@ import torch
 
 import spikingresformer as sr
 from conftest import FIXTURES
+from spikingresformer.energy.cli import calibrate_batchnorm
 from spikingresformer.model import DSSA
+from spikingresformer.neurons import MultiStepNeuron
 
 #: the six published variants (the fixture's official_state_dict_keys.json covers each)
 PUBLISHED = sorted(f"spikingresformer_{v}" for v in ("ti", "s", "m", "l", "dvsg", "cifar"))
@@ -53,25 +55,67 @@ def test_pretrained_cfgs_are_complete():
         assert cfg["first_conv"] == "prologue.0" and cfg["classifier"] == "classifier"
 
 
+def _firing(model, x):
+    """``model`` in eval mode with BatchNorm statistics taken from ``x``, so every neuron layer spikes on ``x``.
+
+    A fresh model in eval mode (running mean 0, variance 1) never reaches the threshold anywhere: every
+    neuron is silent, and a comparison of two paths through it would not see the spiking layers at all.
+    """
+    calibrate_batchnorm(model, [x])
+    model.eval()
+    silent = []
+    handles = [mod.register_forward_hook(lambda mod, i, o, n=n: silent.append(n) if not o.any() else None)
+               for n, mod in model.named_modules() if isinstance(mod, MultiStepNeuron)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert handles and not silent, silent
+    return model
+
+
+def _stage_outputs(model, x):
+    """Each stage's output ``[T, B, C, H, W]``, caught by hooks on its last block during ``model(x)``."""
+    seen = []
+    handles = [stage[-1].register_forward_hook(lambda mod, i, o: seen.append(o.detach())) for stage in model.layers]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def test_features_only_strides():
-    feats = timm.create_model("spikingresformer_ti", features_only=True, T=1)
+    feats = timm.create_model("spikingresformer_ti", features_only=True, T=1).eval()
     assert feats.feature_info.reduction() == [4, 8, 16]
     assert feats.feature_info.channels() == [64, 192, 384]
-    out = feats(torch.randn(1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    ref = _firing(sr.create_model("spikingresformer_ti", T=1), x)
+    assert feats.model.load_state_dict(ref.state_dict(), strict=False).unexpected_keys == ["classifier.weight"]
+    with torch.no_grad():
+        out = feats(x)
+        stages = _stage_outputs(ref, x)
     assert [tuple(o.shape) for o in out] == [(1, 64, 16, 16), (1, 192, 8, 8), (1, 384, 4, 4)]
+    for o, s in zip(out, stages, strict=True):  # the time-averaged stage outputs of the full model
+        assert torch.equal(o, s.mean(0))
 
 
 def test_forward_intermediates_keeps_time_axis():
-    m = sr.create_model("spikingresformer_cifar", T=2).eval()
+    x = torch.randn(1, 3, 16, 16)
+    m = _firing(sr.create_model("spikingresformer_cifar", T=2), x)
     with torch.no_grad():
-        x = torch.randn(1, 3, 16, 16)
         final, feats = m.forward_intermediates(x, output_fmt="TNCHW")
         final_nchw, feats_nchw = m.forward_intermediates(x)
         assert torch.equal(final, m.forward_features_steps(x))
         assert torch.equal(final_nchw, m.forward_features(x))
+        stages = _stage_outputs(m, x)
     assert final.shape == (2, 1, 384, 4, 4) and final_nchw.shape == (1, 384, 4, 4)
     assert [tuple(f.shape) for f in feats] == [(2, 1, 64, 16, 16), (2, 1, 192, 8, 8), (2, 1, 384, 4, 4)]
-    assert all(torch.equal(a.mean(0), b) for a, b in zip(feats, feats_nchw))
+    for a, b, s in zip(feats, feats_nchw, stages, strict=True):
+        assert torch.equal(a, s) and torch.equal(b, s.mean(0))
 
 
 def test_timm_interface_methods():
@@ -83,23 +127,25 @@ def test_timm_interface_methods():
     m.reset_classifier(5)
     assert m.get_classifier().weight.shape == (5, 192)
     x = torch.randn(1, 2, 3, 16, 16)
-    m.eval()
+    _firing(m, x)
     with torch.no_grad():
         feats = m.forward_features(x)  # timm convention: [B, C, H, W], the mean over time
         steps = m.forward_features_steps(x)
         assert feats.shape == (1, 192, 4, 4) and steps.shape == (2, 1, 192, 4, 4)
         assert torch.equal(feats, steps.mean(0))
         assert m.forward_head(feats).shape == (1, 5)
-        assert m.forward_head(feats, pre_logits=True).shape == (1, 192)
+        assert torch.equal(m.forward_head(feats, pre_logits=True), feats.mean((-2, -1)))
         assert torch.equal(m.forward_head(steps), m(x))  # per-step head: exactly forward
         torch.testing.assert_close(m.forward_head(feats), m(x), rtol=1e-5, atol=1e-6)  # linear head
         assert torch.equal(m(x, return_steps=True), m.forward_steps(x))
     m.reset_classifier(0)
     with torch.no_grad():
-        assert m(x).shape == (1, 192)
+        pooled = m(x)  # per-step pooled features, averaged over time
+        assert pooled.shape == (1, 192)
+        assert torch.equal(pooled, steps.mean((-2, -1)).mean(0))
     m.reset_classifier(0, "")  # no pooling either: the time-averaged feature map
     with torch.no_grad():
-        assert m(x).shape == (1, 192, 4, 4)
+        assert torch.equal(m(x), feats)
     with pytest.raises(ValueError, match="global_pool"):
         m.reset_classifier(0, "max")
 
@@ -132,11 +178,17 @@ def test_fresh_model_eval_is_finite_everywhere(name, size):
     assert torch.equal(DSSA._scale(dssa.firing_rate_x, 16.0), torch.full_like(dssa.firing_rate_x, 0.25))
 
 
-def test_two_forward_calls_give_identical_outputs():
-    m = sr.create_model("spikingresformer_cifar", T=3).eval()
+def test_forward_after_another_input_matches_a_fresh_reference_model():
+    """Nothing carries over between calls: after another input, the logits equal those of a fresh copy run
+    with the reference neuron loop (a different code path; spikes are bit-identical across backends)."""
     x = torch.randn(2, 3, 32, 32) * 2
+    m = _firing(sr.create_model("spikingresformer_cifar", T=3, neuron_backend="fused"), x)
+    ref = sr.create_model("spikingresformer_cifar", T=3, neuron_backend="reference").eval()
+    ref.load_state_dict(m.state_dict())
     with torch.no_grad():
-        a, b = m(x), m(x)
+        m(torch.randn(2, 3, 32, 32) * 2)
+        a = m(x)
+        b = ref(x)
     assert torch.equal(a, b)
 
 
@@ -156,9 +208,15 @@ def test_first_training_forward_sets_rates_then_ema():
 
 
 def test_model_built_at_224_runs_at_288():
-    m = sr.create_model("spikingresformer_ti", T=1, img_size=224).eval()
+    """``img_size`` only sets the default: at 288 the 224 model computes what a model built at 288 does."""
+    x = torch.randn(1, 3, 288, 288)
+    m = _firing(sr.create_model("spikingresformer_ti", T=1, img_size=224), x)
+    at_288 = sr.create_model("spikingresformer_ti", T=1, img_size=288).eval()
+    at_288.load_state_dict(m.state_dict())
     with torch.no_grad():
-        assert m(torch.randn(1, 3, 288, 288)).shape == (1, 1000)
+        out = m(x)
+        assert out.shape == (1, 1000)
+        assert torch.equal(out, at_288(x))
 
 
 @pytest.mark.parametrize(
@@ -196,7 +254,8 @@ def test_small_custom_network_trains_a_step():
     x = torch.randn(4, 1, 16, 16)
     loss = m(x).logsumexp(-1).mean()
     loss.backward()
-    assert all(p.grad is not None for p in m.parameters())
+    for name, p in m.named_parameters():  # every parameter is reached, with a usable gradient
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
 def test_channels_last_is_the_layout_under_cpu_bf16_autocast():

@@ -27,10 +27,13 @@ def test_spikes_follow_the_spec(cls, kind):
     assert torch.equal(cls(backend="reference")(x), _spec_loop(x, kind))
 
 
-def test_state_does_not_leak_between_calls():
-    n = LIF(backend="reference")
-    x = torch.rand(4, 10) * 3
-    assert torch.equal(n(x), n(x))
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_state_does_not_leak_between_calls(backend):
+    n = LIF(backend=backend)
+    n(torch.rand(4, 10, dtype=torch.float64) * 3)
+    x = torch.rand(4, 10, dtype=torch.float64) * 3
+    s = n(x)  # the membrane starts at zero again, as in a first call
+    assert torch.equal(s, _spec_loop(x, "lif")) and 0 < s.mean() < 1
 
 
 def test_threshold_is_inclusive():
@@ -47,11 +50,30 @@ def test_atan_surrogate_and_detached_reset_gradient():
     assert x.grad.item() == pytest.approx(expected, rel=1e-12)
 
 
+def _spec_plif_grads(x, w, grad, alpha=2.0):
+    """Gradients of ``sum(spikes * grad)`` for PLIF, written out: ATan surrogate, reset detached."""
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    k, v, out = torch.sigmoid(w), torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        u = v + (x[t] - v) * k - 1.0
+        soft = torch.atan(math.pi / 2 * alpha * u) / math.pi  # slope alpha/2 / (1 + (pi/2 alpha u)^2)
+        s = (u >= 0).to(x.dtype) + soft - soft.detach()
+        v = (u + 1.0) * (1 - s.detach())
+        out.append(s)
+    return torch.autograd.grad((torch.stack(out) * grad).sum(), (x, w))
+
+
 def test_plif_w_gets_gradient_and_starts_at_tau_2():
-    n = PLIF(backend="reference")
+    n = PLIF(backend="reference").double()
     assert n.w.item() == 0.0
-    n(torch.randn(4, 8) * 3).sum().backward()
-    assert n.w.grad is not None and n.w.grad.abs().item() > 0
+    x = (torch.randn(4, 8, dtype=torch.float64) * 3).requires_grad_()
+    grad = torch.randn(4, 8, dtype=torch.float64)
+    (n(x) * grad).sum().backward()
+    gx, gw = _spec_plif_grads(x, n.w, grad)
+    assert n.w.grad.abs().item() > 0
+    torch.testing.assert_close(n.w.grad, gw, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x.grad, gx, rtol=1e-12, atol=1e-14)
 
 
 def test_bad_names_and_shapes():
