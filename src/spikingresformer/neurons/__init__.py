@@ -5,7 +5,7 @@ compiled C kernel on CPU with a PyTorch fallback; see :mod:`.fused`) and ``trito
 operators with CUDA kernels, registered when Triton is installed; see :mod:`.triton_backend`).
 """
 
-from . import fused
+from . import bits, fused
 from .backends import ENV_VAR, available_backends, multistep_neuron, register_backend, resolve_backend
 from .fused import fused_multistep
 from .nodes import IF, LIF, PLIF, MultiStepNeuron, build_neuron, run_neuron
@@ -20,6 +20,7 @@ __all__ = [
     "MultiStepNeuron",
     "atan_surrogate_grad",
     "available_backends",
+    "bits",
     "build_neuron",
     "fused",
     "fused_multistep",

@@ -4,12 +4,12 @@
 one node each for autograd, ``torch.compile`` and ``torch.export``. Two implementations sit behind
 them:
 
-* ``"c"`` (default on CPU): a small C kernel (``_csource.py``) built on first use with the system C
+* ``"c"`` (default on CPU): a small C kernel (``kernels.c``) built on first use with the system C
   compiler (``gcc``/``cc``, or ``$CC``) into ``~/.cache/spikingresformer/kernels`` and called
   through :mod:`ctypes`. It needs no PyTorch headers, so the first build takes about two seconds;
   later processes load the cached library. OpenMP parallelises over neurons and shares PyTorch's
   ``libgomp`` (same soname), so the two runtimes never compete. The same library packs spikes into
-  bits for :mod:`spikingresformer.model.spike_saving` (``use_impl("torch")`` switches that off too).
+  bits for :mod:`spikingresformer.neurons.bits` (``use_impl("torch")`` switches that off too).
 * ``"torch"``: the same single-node scheme written with PyTorch element-wise ops (a few passes over
   memory per step instead of one). It runs on any device and dtype and is the automatic fallback
   when no compiler is available or the build fails (a warning says so once).
@@ -41,17 +41,19 @@ from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
-from ._csource import ABI_VERSION, C_SOURCE, KINDS, PACK_DTYPES
-from .common import register_neuron_ops
+from .common import KIND_CODES, register_neuron_ops
 from .surrogate import atan_surrogate_grad
 
-__all__ = ["FUSED_OPS", "fused_multistep", "c_kernel_available", "build_c_kernel", "use_impl", "IMPL_ENV_VAR",
-           "CACHE_ENV_VAR"]
+__all__ = ["FUSED_OPS", "fused_multistep", "c_kernel_available", "build_c_kernel", "c_function", "use_impl",
+           "IMPL_ENV_VAR", "CACHE_ENV_VAR", "DTYPE_NAMES"]
 
 IMPL_ENV_VAR = "SPIKINGRESFORMER_FUSED_IMPL"
 CACHE_ENV_VAR = "SPIKINGRESFORMER_KERNEL_CACHE"
 
-_DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+#: dtypes the C kernels handle, by the suffix of their function names
+DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+#: the kernels' source, shipped as package data (its content is part of the cache key)
+C_SOURCE_PATH = Path(__file__).with_name("kernels.c")
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -124,18 +126,17 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
         cache = Path(tempfile.gettempdir()) / f"spikingresformer-kernels-{os.getuid()}"
         cache.mkdir(parents=True, exist_ok=True)
     errors = []
+    source = C_SOURCE_PATH.read_text()
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
-            "\0".join([C_SOURCE, cc, version, " ".join(flags + _COMMON_FLAGS), _cpu_signature()]).encode()
+            "\0".join([source, cc, version, " ".join(flags + _COMMON_FLAGS), _cpu_signature()]).encode()
         ).hexdigest()[:20]
         target = cache / f"srf_neuron_{key}.so"
         if not target.exists() or force:
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "srf_neuron.c"
-                src.write_text(C_SOURCE)
                 out = Path(tmp) / "srf_neuron.so"
                 proc = subprocess.run(
-                    cc.split() + flags + _COMMON_FLAGS + [str(src), "-o", str(out)],
+                    cc.split() + flags + _COMMON_FLAGS + [str(C_SOURCE_PATH), "-o", str(out)],
                     capture_output=True, text=True, timeout=300,
                 )
                 if proc.returncode != 0:
@@ -144,8 +145,6 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
                 os.replace(out, target)  # atomic: concurrent builders never see a partial file
         try:
             lib = ctypes.CDLL(str(target))
-            if lib.srf_abi_version() != ABI_VERSION:
-                raise OSError("ABI version mismatch")
         except OSError as exc:
             errors.append(f"{' '.join(flags)}: load failed: {exc}")
             continue
@@ -156,8 +155,8 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> None:
     vp, i64, d, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    for dname in _DTYPE_NAMES.values():
-        for kname in KINDS:
+    for dname in DTYPE_NAMES.values():
+        for kname in KIND_CODES:
             fwd = getattr(lib, f"srf_fwd_{dname}_{kname}", None)
             if fwd is None:  # e.g. no _Float16 support in this compiler
                 continue
@@ -166,7 +165,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             bwd = getattr(lib, f"srf_bwd_{dname}_{kname}")
             bwd.argtypes = [vp, vp, vp, vp, i64, i64, d, d, d, d, i]
             bwd.restype = d
-    for dname in PACK_DTYPES:  # spike bit packing (see spikingresformer.model.spike_saving)
+    for dname in DTYPE_NAMES.values():  # spike bit packing (see spikingresformer.neurons.bits)
         for fname in (f"srf_pack_{dname}", f"srf_unpack_{dname}"):
             fn = getattr(lib, fname)
             fn.argtypes = [vp, vp, i64, i]
@@ -220,18 +219,20 @@ def use_impl(choice: str) -> Iterator[None]:
         _impl_choice = old
 
 
-def bits_lib() -> Optional[ctypes.CDLL]:
-    """The C library for spike bit packing, or ``None`` if ``"torch"`` is forced or it cannot be built."""
-    if _chosen_impl() == "torch":
+def c_function(name: str, t: torch.Tensor, dtype: torch.dtype) -> Optional[Any]:
+    """The C function ``srf_{name}_<dtype>`` for the contiguous CPU tensor ``t``, or ``None`` where PyTorch
+    ops must do (another device or dtype, ``use_impl("torch")``, or no compiled library)."""
+    if t.device.type != "cpu" or dtype not in DTYPE_NAMES or not t.is_contiguous() or _chosen_impl() == "torch":
         return None
-    return _get_lib()
+    lib = _get_lib()
+    return None if lib is None else getattr(lib, f"srf_{name}_{DTYPE_NAMES[dtype]}", None)
 
 
 def _impl_for(x: torch.Tensor) -> str:
     """``"c"`` or ``"torch"`` for input ``x``."""
     global _warned
     choice = _chosen_impl()
-    if choice == "torch" or x.device.type != "cpu" or x.dtype not in _DTYPE_NAMES:
+    if choice == "torch" or x.device.type != "cpu" or x.dtype not in DTYPE_NAMES:
         return "torch"
     lib = _get_lib()
     if lib is None:
@@ -246,7 +247,7 @@ def _impl_for(x: torch.Tensor) -> str:
             )
             _warned = True
         return "torch"
-    if not hasattr(lib, f"srf_fwd_{_DTYPE_NAMES[x.dtype]}_lif"):
+    if not hasattr(lib, f"srf_fwd_{DTYPE_NAMES[x.dtype]}_lif"):
         return "torch"
     return "c"
 
@@ -295,7 +296,7 @@ def _c_forward(x: torch.Tensor, kind: str, coef: float, vth: float, vr: float, s
     n = x.numel() // steps
     spikes = torch.empty_like(x)
     h = torch.empty_like(x) if store_h else None
-    getattr(lib, f"srf_fwd_{_DTYPE_NAMES[x.dtype]}_{kind}")(
+    getattr(lib, f"srf_fwd_{DTYPE_NAMES[x.dtype]}_{kind}")(
         x.data_ptr(), spikes.data_ptr(), h.data_ptr() if h is not None else None,
         steps, n, coef, vth, vr, torch.get_num_threads(),
     )
@@ -309,7 +310,7 @@ def _c_backward(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, 
     steps = h.shape[0]
     n = h.numel() // steps
     grad_x = torch.empty_like(h)
-    gk = getattr(lib, f"srf_bwd_{_DTYPE_NAMES[h.dtype]}_{kind}")(
+    gk = getattr(lib, f"srf_bwd_{DTYPE_NAMES[h.dtype]}_{kind}")(
         h.data_ptr(), x.data_ptr() if x is not None else None, grad.data_ptr(), grad_x.data_ptr(),
         steps, n, coef, vth, vr, alpha, torch.get_num_threads(),
     )
