@@ -512,7 +512,9 @@ class SpikingResformer(nn.Module):
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(_RecomputeOnce(block), x, use_reentrant=False, context_fn=_SAVE_PRODUCTS)
+            # compiled graphs recompute only pure operators (the buffer updates are not replayed)
+            run = block if torch.compiler.is_compiling() else _RecomputeOnce(block)
+            return checkpoint(run, x, use_reentrant=False, context_fn=_SAVE_PRODUCTS)
         return block(x)
 
     def _saving(self) -> Any:
