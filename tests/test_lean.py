@@ -1,4 +1,4 @@
-"""Lean mode (set_grad_checkpointing) and spikes as bits: identical outputs, gradients and buffers;
+"""Lean mode (set_grad_checkpointing: per-block activation checkpointing) and spikes as bits: identical outputs, gradients and buffers;
 bit packing; the kernel source as package data; layering (model does not import data, no energy cycle)."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_lean_matches_the_official_float64_fixture():
 
 
 def test_lean_keeps_less_than_default():
-    """Lean keeps only convolution and matmul outputs (and block inputs): fewer bytes alive after forward."""
+    """In lean mode autograd keeps no block activation (checkpointing keeps each block's input only)."""
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 4])
     kept = {}
     for lean in (False, True):
@@ -91,11 +91,9 @@ def test_lean_keeps_less_than_default():
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = F.cross_entropy(model(x), y)
-        # checkpointing keeps its tensors in the frames it saves; count what is held by either
-        frames = [t for t in stored if isinstance(t, torch.Tensor)]
-        kept[lean] = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in frames}.values())
+        kept[lean] = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in stored}.values())
         loss.backward()
-    assert kept[True] < 0.5 * kept[False]
+    assert kept[True] < 0.2 * kept[False]
 
 
 def test_lean_only_in_training_with_grad():
@@ -180,10 +178,8 @@ def test_layering_model_imports_neither_data_nor_training():
 
 
 def test_torch_floor_apis():
-    """The APIs that set the declared floor (torch>=2.4): custom operators with fake implementations,
-    selective activation checkpointing, saved-tensor hooks."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts  # noqa: F401
-
+    """The APIs that set the declared floor (torch>=2.4): custom operators with fake implementations
+    (torch.library.custom_op / register_fake), their opcheck, saved-tensor hooks."""
     assert hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
     assert hasattr(torch.autograd.graph, "saved_tensors_hooks")
     assert hasattr(torch.library, "opcheck")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.distributed as dist
 import torch.fx
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
@@ -460,8 +459,8 @@ class SpikingResformer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """The lean mode: each block keeps only its convolution and matmul outputs for backward and
-        recomputes the element-wise rest (BatchNorm, neurons) there; identical results, less memory."""
+        """The lean mode: each block keeps only its input for backward and runs again there
+        (activation checkpointing); identical results and statistics, less memory, a slower step."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -514,7 +513,7 @@ class SpikingResformer(nn.Module):
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             # compiled graphs recompute only pure operators (the buffer updates are not replayed)
             run = block if torch.compiler.is_compiling() else _RecomputeOnce(block)
-            return checkpoint(run, x, use_reentrant=False, context_fn=_SAVE_PRODUCTS)
+            return checkpoint(run, x, use_reentrant=False)
         return block(x)
 
     def _saving(self) -> Any:
@@ -634,25 +633,13 @@ class _ChannelsLastGrad(torch.autograd.Function):
         return to_channels_last_5d(grad)
 
 
-#: Operators whose outputs the lean mode keeps (convolutions and matrix products); the rest of a
-#: block (BatchNorm, neurons, casts, scaling) is recomputed in backward.
-_SAVED_OPS = {torch.ops.aten.convolution.default, torch.ops.aten.mm.default, torch.ops.aten.bmm.default}
-
-
-def _save_products_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-_SAVE_PRODUCTS = partial(create_selective_checkpoint_contexts, _save_products_policy)
-
-
 class _RecomputeOnce(nn.Module):
     """Runs a block under activation checkpointing without updating its statistics twice.
 
-    The first call is the real forward. The second (the recomputation in backward) must run the same
-    operators (selective checkpointing replays them in order), so it changes Python attributes only:
-    each BatchNorm runs with momentum 0 and without counting the batch (its running statistics stay
-    exactly as the forward left them) and the DSSA firing-rate buffers are read without an update.
+    The first call is the real forward. In the second (the recomputation in backward) each BatchNorm
+    runs with momentum 0 and without counting the batch, so its running statistics stay exactly as
+    the forward left them (``1 * r + 0 * batch``), and the DSSA firing-rate buffers are read without
+    an update. Only Python attributes change, no tensor is copied.
     """
 
     def __init__(self, block: nn.Module):
