@@ -527,12 +527,7 @@ class SpikingResformer(nn.Module):
 
     def forward_features_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> last stage's output per step ``[T, B, C, H', W']`` (real-valued)."""
-        with self._saving():
-            x = self._stem(x)
-            for stage in self.layers:
-                for block in stage:
-                    x = self._run_block(block, x)
-        return x
+        return self.forward_intermediates(x, output_fmt="TNCHW")[0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> last stage's output averaged over time, ``[B, C, H', W']`` (timm's convention).

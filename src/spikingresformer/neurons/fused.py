@@ -289,34 +289,6 @@ def _like(ref: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _c_forward(x: torch.Tensor, kind: str, coef: float, vth: float, vr: float, store_h: bool):
-    lib = _lib
-    assert lib is not None
-    steps = x.shape[0]
-    n = x.numel() // steps
-    spikes = torch.empty_like(x)
-    h = torch.empty_like(x) if store_h else None
-    getattr(lib, f"srf_fwd_{DTYPE_NAMES[x.dtype]}_{kind}")(
-        x.data_ptr(), spikes.data_ptr(), h.data_ptr() if h is not None else None,
-        steps, n, coef, vth, vr, torch.get_num_threads(),
-    )
-    return spikes, h
-
-
-def _c_backward(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, kind: str, coef: float,
-                vth: float, vr: float, alpha: float):
-    lib = _lib
-    assert lib is not None
-    steps = h.shape[0]
-    n = h.numel() // steps
-    grad_x = torch.empty_like(h)
-    gk = getattr(lib, f"srf_bwd_{DTYPE_NAMES[h.dtype]}_{kind}")(
-        h.data_ptr(), x.data_ptr() if x is not None else None, grad.data_ptr(), grad_x.data_ptr(),
-        steps, n, coef, vth, vr, alpha, torch.get_num_threads(),
-    )
-    return grad_x, gk
-
-
 def _torch_forward(x: torch.Tensor, kind: str, coef: Any, vth: float, vr: float, store_h: bool):
     spikes = torch.empty_like(x)
     hs = torch.empty_like(x) if store_h else None
@@ -379,7 +351,10 @@ def _forward_impl(x: torch.Tensor, w: Optional[torch.Tensor], kind: str, tau: fl
         spikes, h = torch.empty_like(x), (torch.empty_like(x) if store_h else None)
     elif impl == "c":
         xc = x if _time_major_dense(x) else x.contiguous()
-        spikes, h = _c_forward(xc, kind, coef, vth, vr, store_h)
+        spikes, h = torch.empty_like(xc), (torch.empty_like(xc) if store_h else None)
+        getattr(_lib, f"srf_fwd_{DTYPE_NAMES[x.dtype]}_{kind}")(
+            xc.data_ptr(), spikes.data_ptr(), h.data_ptr() if h is not None else None, x.shape[0],
+            x.numel() // x.shape[0], coef, vth, vr, torch.get_num_threads())
         if xc is not x:  # back to the strides the fake implementation promises (empty_like(x))
             spikes = torch.empty_like(x).copy_(spikes)
             h = _like(spikes, h) if h is not None else None
@@ -397,8 +372,11 @@ def _backward_impl(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tenso
         return torch.empty_like(h), torch.zeros((), dtype=torch.float64, device=h.device)
     if impl == "c":
         hc = h if _time_major_dense(h) else h.contiguous()
-        xc = _like(hc, x) if x is not None else None
-        grad_x, gk = _c_backward(hc, xc, _like(hc, grad), kind, coef, vth, vr, alpha)
+        xc, gc = (_like(hc, x) if x is not None else None), _like(hc, grad)  # kept alive during the call
+        grad_x = torch.empty_like(hc)
+        gk = getattr(_lib, f"srf_bwd_{DTYPE_NAMES[h.dtype]}_{kind}")(
+            hc.data_ptr(), xc.data_ptr() if xc is not None else None, gc.data_ptr(), grad_x.data_ptr(),
+            h.shape[0], h.numel() // h.shape[0], coef, vth, vr, alpha, torch.get_num_threads())
         if hc is not h:
             grad_x = torch.empty_like(h).copy_(grad_x)
         return grad_x, torch.tensor(gk, dtype=torch.float64, device=h.device)

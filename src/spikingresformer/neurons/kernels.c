@@ -18,7 +18,7 @@
 #endif
 
 #define BLK 1024
-#define PACK_CHUNK 4096 /* bytes of packed spikes per OpenMP iteration */
+#define PACK_MIN_PARALLEL 4096 /* bytes of packed spikes below which packing stays on one thread */
 #define KIND_IF 0
 #define KIND_LIF 1
 #define KIND_PLIF 2
@@ -123,25 +123,14 @@ DEFINE_KINDS(bf16, uint16_t, float, LD_bf16, ST_bf16, RND_bf16)
 DEFINE_KINDS(f16, _Float16, float, LD_f16, ST_f16, RND_f16)
 #endif
 
-/* end (exclusive) of the chunk of bytes that starts at b0, of nfull bytes in all */
-static inline int64_t chunk_end(int64_t b0, int64_t nfull) { return (nfull - b0) < PACK_CHUNK ? nfull : b0 + PACK_CHUNK; }
-
-static inline int pack_threads(int64_t nchunks, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-    return nchunks < nthreads ? (nchunks < 1 ? 1 : (int)nchunks) : nthreads;
-}
-
 #define DEFINE_PACK(NAME, UT, MASK, ONE)                                                                  \
 void srf_pack_##NAME(const UT* restrict s, uint8_t* restrict bits, int64_t n, int nthreads) {            \
-    const int64_t nfull = n / 8, nchunks = (nfull + PACK_CHUNK - 1) / PACK_CHUNK;                          \
-    _Pragma("omp parallel for num_threads(pack_threads(nchunks, nthreads)) schedule(static)")              \
-    for (int64_t c = 0; c < nchunks; ++c) {                                                                \
-        for (int64_t b = c * PACK_CHUNK, b1 = chunk_end(c * PACK_CHUNK, nfull); b < b1; ++b) {             \
-            const UT* restrict p = s + 8 * b;                                                              \
-            unsigned v = 0;                                                                                \
-            for (int j = 0; j < 8; ++j) v |= (unsigned)((p[j] & (MASK)) != 0) << j;                        \
-            bits[b] = (uint8_t)v;                                                                          \
-        }                                                                                                  \
+    const int64_t nfull = n / 8;                                                                           \
+    _Pragma("omp parallel for num_threads(nthreads) if(nfull >= PACK_MIN_PARALLEL) schedule(static)")      \
+    for (int64_t b = 0; b < nfull; ++b) {                                                                  \
+        unsigned v = 0;                                                                                    \
+        for (int j = 0; j < 8; ++j) v |= (unsigned)((s[8 * b + j] & (MASK)) != 0) << j;                    \
+        bits[b] = (uint8_t)v;                                                                              \
     }                                                                                                      \
     if (8 * nfull < n) {                                                                                   \
         unsigned v = 0;                                                                                    \
@@ -151,15 +140,10 @@ void srf_pack_##NAME(const UT* restrict s, uint8_t* restrict bits, int64_t n, in
 }                                                                                                          \
                                                                                                            \
 void srf_unpack_##NAME(const uint8_t* restrict bits, UT* restrict out, int64_t n, int nthreads) {        \
-    const int64_t nfull = n / 8, nchunks = (nfull + PACK_CHUNK - 1) / PACK_CHUNK;                          \
-    _Pragma("omp parallel for num_threads(pack_threads(nchunks, nthreads)) schedule(static)")              \
-    for (int64_t c = 0; c < nchunks; ++c) {                                                                \
-        for (int64_t b = c * PACK_CHUNK, b1 = chunk_end(c * PACK_CHUNK, nfull); b < b1; ++b) {             \
-            const unsigned v = bits[b];                                                                    \
-            UT* restrict o = out + 8 * b;                                                                  \
-            for (int j = 0; j < 8; ++j) o[j] = ((UT)0 - (UT)((v >> j) & 1u)) & (UT)(ONE);                  \
-        }                                                                                                  \
-    }                                                                                                      \
+    const int64_t nfull = n / 8;                                                                           \
+    _Pragma("omp parallel for num_threads(nthreads) if(nfull >= PACK_MIN_PARALLEL) schedule(static)")      \
+    for (int64_t b = 0; b < nfull; ++b)                                                                    \
+        for (int j = 0; j < 8; ++j) out[8 * b + j] = ((UT)0 - (UT)((bits[b] >> j) & 1u)) & (UT)(ONE);      \
     for (int64_t i = 8 * nfull; i < n; ++i) out[i] = ((bits[nfull] >> (i - 8 * nfull)) & 1u) ? (UT)(ONE) : 0; \
 }
 

@@ -73,10 +73,6 @@ class MultiStepNeuron(nn.Module):
     def _w(self) -> Optional[torch.Tensor]:
         return None
 
-    def call_args(self) -> tuple:
-        """``(kind, tau, w, v_threshold, v_reset, alpha)``: what the backend operators take after ``x``."""
-        return self.kind, self._tau(), self._w(), self.v_threshold, self.v_reset, self.surrogate_alpha
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_neuron(x, self.kind, self._tau(), self._w(), self.v_threshold, self.v_reset,
                           self.surrogate_alpha, self.backend, type(self).__name__)
