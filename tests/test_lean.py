@@ -183,3 +183,32 @@ def test_torch_floor_apis():
     assert hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_fake")
     assert hasattr(torch.autograd.graph, "saved_tensors_hooks")
     assert hasattr(torch.library, "opcheck")
+
+
+_TRITON_LEAN = """
+import copy, torch, torch.nn.functional as F, spikingresformer as sr
+torch.manual_seed(0)
+base = sr.SpikingResformer(planes=(8, 16, 32), num_heads=(1, 2, 4), prologue="cifar", img_size=8, num_classes=3,
+                           group_size=8, T=2, depths=(1, 1, 1), neuron_backend="triton").double().train()
+x, y = torch.randn(2, 3, 8, 8, dtype=torch.float64) * 2, torch.tensor([0, 2])
+res = {}
+for mode in ("default", "lean", "bits"):
+    m = copy.deepcopy(base)
+    m.set_grad_checkpointing(mode == "lean")
+    m.set_spike_saving(mode == "bits")
+    out = m(x)
+    F.cross_entropy(out, y).backward()
+    res[mode] = [out.detach()] + [p.grad for p in m.parameters()] + list(m.buffers())
+assert all(torch.equal(a, b) for mode in ("lean", "bits") for a, b in zip(res["default"], res[mode]))
+print("TRITON-LEAN-OK")
+"""
+
+
+def test_lean_and_bits_with_triton_neurons_under_interpreter():
+    """The CUDA path of the lean mode (Triton neurons, PyTorch bit packing) on CPU, via Triton's interpreter."""
+    pytest.importorskip("triton")
+    import os
+
+    env = dict(os.environ, TRITON_INTERPRET="1", SPIKINGRESFORMER_FUSED_IMPL="torch")  # bits packed as on CUDA
+    proc = subprocess.run([sys.executable, "-c", _TRITON_LEAN], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and "TRITON-LEAN-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
