@@ -9,7 +9,7 @@ Module and parameter names match the official release, so its checkpoints load w
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -628,7 +628,7 @@ class _ChannelsLastGrad(torch.autograd.Function):
         return to_channels_last_5d(grad)
 
 
-class _RecomputeOnce(nn.Module):
+class _RecomputeOnce:
     """Runs a block under activation checkpointing without updating its statistics twice.
 
     The first call is the real forward. In the second (the recomputation in backward) each BatchNorm
@@ -638,33 +638,26 @@ class _RecomputeOnce(nn.Module):
     """
 
     def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-        self.calls = 0
+        self.block, self.calls = block, 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls == 1:
             return self.block(x)
-        with _statistics_frozen(self.block):
-            return self.block(x)
-
-
-@contextmanager
-def _statistics_frozen(block: nn.Module) -> Iterator[None]:
-    norms = [(m, m.momentum, m.num_batches_tracked) for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    dssas = [m for m in block.modules() if isinstance(m, DSSA)]
-    for m, _, _ in norms:
-        m.momentum, m.num_batches_tracked = 0.0, None
-    for m in dssas:
-        m._freeze_rates = True
-    try:
-        yield
-    finally:
-        for m, momentum, count in norms:
-            m.momentum, m.num_batches_tracked = momentum, count
+        norms = [m for m in self.block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        dssas = [m for m in self.block.modules() if isinstance(m, DSSA)]
+        kept = [(m.momentum, m.num_batches_tracked) for m in norms]
+        for m in norms:
+            m.momentum, m.num_batches_tracked = 0.0, None
         for m in dssas:
-            m._freeze_rates = False
+            m._freeze_rates = True
+        try:
+            return self.block(x)
+        finally:
+            for m, (momentum, count) in zip(norms, kept):
+                m.momentum, m.num_batches_tracked = momentum, count
+            for m in dssas:
+                m._freeze_rates = False
 
 
 class _RateFlags:

@@ -12,22 +12,6 @@ from .nodes import IF, LIF, PLIF, MultiStepNeuron, build_neuron, run_neuron
 from .reference import reference_multistep
 from .surrogate import atan_surrogate_grad, spike_atan
 
-__all__ = [
-    "ENV_VAR",
-    "IF",
-    "LIF",
-    "PLIF",
-    "MultiStepNeuron",
-    "atan_surrogate_grad",
-    "available_backends",
-    "bits",
-    "build_neuron",
-    "fused",
-    "fused_multistep",
-    "multistep_neuron",
-    "reference_multistep",
-    "register_backend",
-    "resolve_backend",
-    "run_neuron",
-    "spike_atan",
-]
+__all__ = ["ENV_VAR", "IF", "LIF", "PLIF", "MultiStepNeuron", "atan_surrogate_grad", "available_backends",
+           "bits", "build_neuron", "fused", "fused_multistep", "multistep_neuron", "reference_multistep",
+           "register_backend", "resolve_backend", "run_neuron", "spike_atan"]

@@ -21,15 +21,8 @@ import torch
 from .fused import fused_multistep
 from .reference import reference_multistep
 
-__all__ = [
-    "BackendFn",
-    "ENV_VAR",
-    "available_backends",
-    "backend_from_environment",
-    "multistep_neuron",
-    "register_backend",
-    "resolve_backend",
-]
+__all__ = ["BackendFn", "ENV_VAR", "available_backends", "backend_from_environment", "multistep_neuron",
+           "register_backend", "resolve_backend"]
 
 BackendFn = Callable[..., torch.Tensor]
 ENV_VAR = "SPIKINGRESFORMER_NEURON_BACKEND"

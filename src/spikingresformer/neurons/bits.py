@@ -1,15 +1,12 @@
 """Spike tensors at one bit per element: packing, and saved-tensor hooks that keep spikes as bits for backward.
 
-:func:`pack_bits` / :func:`unpack_bits` are custom operators (``spikingresformer::pack_bits`` /
-``::unpack_bits``): element ``i`` of a 1-d tensor at bit ``i % 8`` of byte ``i // 8``, zero-padded.
-On CPU they run one pass of the C kernel in ``kernels.c`` (see :mod:`.fused`); elsewhere, or under
-``fused.use_impl("torch")``, a few PyTorch ops do the same.
-
-:class:`SpikeBits` is a :func:`torch.autograd.graph.saved_tensors_hooks` context: inside it, every
-tensor that autograd saves and whose storage belongs to a spike tensor announced with
-:func:`mark_spikes` (the neurons announce their outputs) is kept as bits and unpacked, with its
-original shape and strides, when backward needs it. Spikes are exactly 0 or 1, so the unpacked tensor
-is bit-identical and so are the gradients; every other saved tensor passes untouched.
+:func:`pack_bits` / :func:`unpack_bits` are custom operators: element ``i`` of a 1-d tensor at bit
+``i % 8`` of byte ``i // 8``, zero-padded; one C pass on CPU (``kernels.c``), PyTorch ops elsewhere
+or under ``fused.use_impl("torch")``. :class:`SpikeBits` is a ``saved_tensors_hooks`` context:
+every tensor that autograd saves from the storage of a spike tensor announced with
+:func:`mark_spikes` (the neurons announce their outputs) is kept as bits and unpacked with its shape
+and strides when backward needs it, bit-identical since spikes are exactly 0 or 1; other saved
+tensors pass untouched.
 """
 
 from __future__ import annotations
@@ -91,9 +88,6 @@ def mark_spikes(spikes: torch.Tensor) -> None:
         ptr = spikes.untyped_storage().data_ptr()
         ctx._spikes[ptr] = weakref.ref(spikes)
         ctx._packed.pop(ptr, None)  # memory of earlier spikes, freed and now reused
-
-
-Packed = Tuple[torch.Tensor, int, torch.Size, Tuple[int, ...], int, torch.dtype]
 
 
 class SpikeBits(torch.autograd.graph.saved_tensors_hooks):

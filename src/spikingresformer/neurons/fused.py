@@ -1,27 +1,20 @@
 """The ``fused`` neuron backend: forward and backward each one pass over time, as custom operators.
 
 ``torch.ops.spikingresformer.fused_neuron_forward`` and ``..._backward`` (see :mod:`.common`) are
-one node each for autograd, ``torch.compile`` and ``torch.export``. Two implementations sit behind
-them:
+one node each for autograd, ``torch.compile`` and ``torch.export``, with two implementations:
 
-* ``"c"`` (default on CPU): a small C kernel (``kernels.c``) built on first use with the system C
-  compiler (``gcc``/``cc``, or ``$CC``) into ``~/.cache/spikingresformer/kernels`` and called
-  through :mod:`ctypes`. It needs no PyTorch headers, so the first build takes about two seconds;
-  later processes load the cached library. OpenMP parallelises over neurons and shares PyTorch's
-  ``libgomp`` (same soname), so the two runtimes never compete. The same library packs spikes into
-  bits for :mod:`spikingresformer.neurons.bits` (``use_impl("torch")`` switches that off too).
-* ``"torch"``: the same single-node scheme written with PyTorch element-wise ops (a few passes over
-  memory per step instead of one). It runs on any device and dtype and is the automatic fallback
-  when no compiler is available or the build fails (a warning says so once).
+* ``"c"`` (default on CPU): the kernels of ``kernels.c`` (package data), built on first use with the
+  system C compiler (``$CC``, ``gcc``, ``cc`` or ``clang``; no PyTorch headers, about two seconds)
+  into ``~/.cache/spikingresformer/kernels``, keyed by the source, compiler, flags and CPU, and
+  called through :mod:`ctypes`. OpenMP shares PyTorch's ``libgomp``. The same library packs spikes
+  into bits for :mod:`.bits`.
+* ``"torch"``: the same scheme in PyTorch element-wise ops, on any device and dtype; the automatic
+  fallback (with one warning) when no compiler is there or the build fails.
 
-For backward only the pre-reset membrane ``h`` is stored, in the input's dtype; the spike of a step
-is recomputed as ``h >= v_threshold`` and the previous membrane as ``v_reset if spiked else h``.
-PLIF also keeps a reference to its input ``x`` (needed for the gradient of ``w``). The forward
-arithmetic is the reference loop's, operation for operation, so spikes are bit-identical; gradients
-agree to rounding (the PLIF ``w`` gradient is accumulated in float64).
-
-``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``, read once per process) or
-:func:`use_impl` forces an implementation; ``SPIKINGRESFORMER_KERNEL_CACHE`` moves the kernel cache.
+Backward keeps only the pre-reset membrane ``h`` (PLIF also its input ``x``); spikes are recomputed
+as ``h >= v_threshold``. Forward arithmetic is the reference loop's, so spikes are bit-identical.
+``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``, read once) or :func:`use_impl` forces an
+implementation; ``SPIKINGRESFORMER_KERNEL_CACHE`` moves the cache.
 """
 
 from __future__ import annotations
@@ -62,9 +55,7 @@ _lib_tried = False
 _warned = False
 
 
-# --------------------------------------------------------------------------------------------------
-# Building and loading the C kernel
-# --------------------------------------------------------------------------------------------------
+# -- building and loading the c kernel -------------------------------------------------------------
 
 
 def _cache_dir() -> Path:
@@ -252,9 +243,7 @@ def _impl_for(x: torch.Tensor) -> str:
     return "c"
 
 
-# --------------------------------------------------------------------------------------------------
-# Memory layout helpers
-# --------------------------------------------------------------------------------------------------
+# -- memory layout helpers -------------------------------------------------------------------------
 
 
 def _time_major_dense(x: torch.Tensor) -> bool:
@@ -284,9 +273,7 @@ def _like(ref: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# The two implementations
-# --------------------------------------------------------------------------------------------------
+# -- the two implementations -----------------------------------------------------------------------
 
 
 def _torch_forward(x: torch.Tensor, kind: str, coef: Any, vth: float, vr: float, store_h: bool):

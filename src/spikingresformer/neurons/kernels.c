@@ -1,15 +1,11 @@
 /* Fused CPU neuron kernels and spike bit packing (built and loaded by spikingresformer.neurons.fused).
  *
- * srf_fwd_<dtype>_<kind> / srf_bwd_<dtype>_<kind>: one pass over time for a block of neurons; the
- * membrane of a block stays in a small local array while t runs, so every element of x is read once
- * and every output written once. Arithmetic copies the reference loop operation for operation
- * (-ffp-contract=off keeps the compiler from fusing multiplies and adds), and for the 16-bit dtypes
- * every intermediate is rounded to the storage dtype exactly where PyTorch's element-wise kernels
- * round (RND), so spikes are bit-identical to spikingresformer.neurons.reference.
- *
- * srf_pack_<dtype> / srf_unpack_<dtype> (spikingresformer.neurons.bits): element i at bit i % 8 of
- * byte i / 8, the last byte zero-padded. They work on bit patterns (x != 0 is "any bit but the sign
- * bit set"; unpacking writes the pattern of 1.0 or +0.0), so they need no 16-bit float support.
+ * srf_fwd/bwd_<dtype>_<kind>: one pass over time for a block of neurons whose membranes stay in a
+ * local array. Arithmetic copies the reference loop operation for operation (-ffp-contract=off, and
+ * for 16-bit dtypes every intermediate rounded (RND) where PyTorch's element-wise kernels round), so
+ * spikes are bit-identical to spikingresformer.neurons.reference.
+ * srf_pack/unpack_<dtype> (spikingresformer.neurons.bits): element i at bit i % 8 of byte i / 8, on
+ * bit patterns (x != 0 is "any bit but the sign set"; unpacking writes 1.0 or +0.0).
  */
 #include <stdint.h>
 #include <string.h>
