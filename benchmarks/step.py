@@ -204,7 +204,10 @@ def saved_for_backward(run: Callable[[], Any], params: Any = ()) -> Dict[str, An
         return t
 
     # the model's own hooks (spikes as bits) are innermost: count what they keep, too
-    from spikingresformer.neurons.bits import SpikeBits
+    try:
+        from spikingresformer.neurons.bits import SpikeBits
+    except ImportError:  # the official code's environment has no spikingresformer
+        SpikeBits = type("NoSpikeBits", (), {"_pack": None})
 
     own_pack = SpikeBits._pack
 

@@ -278,3 +278,10 @@ def test_side_by_side_against_official_checkout(tmp_path, capsys):
 
     res = json.loads(out.read_text())["results"]
     assert [r["impl"] for r in res] == ["official", "ours"] and all("saved" in r for r in res)
+
+
+def test_saved_for_backward_without_our_package(monkeypatch):
+    """The official code's environment has no spikingresformer: counting must still work there."""
+    monkeypatch.setitem(sys.modules, "spikingresformer.neurons.bits", None)  # import raises ImportError
+    x = torch.randn(4, requires_grad=True)
+    assert step.saved_for_backward(lambda: (x * x).sum())["tensors"]["real"] == 1
