@@ -527,7 +527,7 @@ class SpikingResformer(nn.Module):
 
     def forward_features_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> last stage's output per step ``[T, B, C, H', W']`` (real-valued)."""
-        return self.forward_intermediates(x, output_fmt="TNCHW")[0]
+        return self.forward_intermediates(x, indices=1, output_fmt="TNCHW")[0]  # collects no earlier stage
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> last stage's output averaged over time, ``[B, C, H', W']`` (timm's convention).
