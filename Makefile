@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 # Optional dependency groups of pyproject.toml installed into .venv: add a group here when it is
 # defined there (e.g. `export`, `energy`), comma-separated.
-EXTRAS ?= test,energy,export
+EXTRAS ?= test,energy,export,plots,digits
 
 .PHONY: venv demo test bench clean
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 import spikingresformer as sr
-from spikingresformer import runtime
 from spikingresformer.export import check_onnx, example_input, export_onnx
 
 
@@ -36,7 +35,6 @@ def main() -> int:
     p.add_argument("--T", type=int, default=2)
     p.add_argument("--fixtures", type=Path, default=None)
     args = p.parse_args()
-    runtime.apply_defaults()
     import onnxruntime as ort
 
     cases = []

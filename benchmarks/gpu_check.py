@@ -1,6 +1,8 @@
-"""GPU checks for a lent CUDA machine: Triton neurons against the reference, and the largest batch.
+"""GPU checks for a lent CUDA machine: Triton neurons against the reference, lean mode and spikes as
+bits identical to the default on CUDA, and the largest batch.
 
     python benchmarks/gpu_check.py triton                      # Triton vs reference, every kind and dtype
+    python benchmarks/gpu_check.py lean                        # lean / bits vs default, float64, on CUDA
     python benchmarks/gpu_check.py max-batch --model spikingresformer_s --img-size 224 --T 4
     python benchmarks/gpu_check.py max-batch ... --official DIR --official-python PY
 
@@ -49,6 +51,39 @@ def check_triton() -> int:
     return 1 if failures else 0
 
 
+def check_lean() -> int:
+    """Lean mode (checkpointing) and spikes as bits give the default's outputs, gradients and buffers
+    bit for bit on CUDA (float64, Triton neurons)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    import spikingresformer as sr
+
+    torch.manual_seed(0)
+    base = sr.create_model("spikingresformer_cifar", planes=(32, 64, 128), num_heads=(1, 2, 4), group_size=32)
+    base = base.to("cuda", torch.float64).train()
+    x = torch.randn(4, 3, 32, 32, device="cuda", dtype=torch.float64) * 2
+    y = torch.tensor([1, 2, 3, 4], device="cuda")
+    results = {}
+    for mode in ("default", "lean", "bits"):
+        m = copy.deepcopy(base)
+        m.set_grad_checkpointing(mode == "lean")
+        m.set_spike_saving(mode == "bits")
+        for _ in range(2):
+            m.zero_grad()
+            out = m(x)
+            F.cross_entropy(out, y).backward()
+        results[mode] = [out.detach()] + [p.grad for p in m.parameters()] + list(m.buffers())
+    failures = 0
+    for mode in ("lean", "bits"):
+        same = all(torch.equal(a, b) for a, b in zip(results["default"], results[mode]))
+        failures += not same
+        print(f"{mode}: outputs, gradients and buffers identical to default on CUDA: {same}", flush=True)
+    return 1 if failures else 0
+
+
 def _fits(args: argparse.Namespace, batch: int) -> bool:
     cmd = [sys.executable, os.path.join(HERE, "step.py"), "--device", "cuda", "--model", args.model,
            "--img-size", str(args.img_size), "--T", str(args.T), "--batch-size", str(batch), "--steps", "1",
@@ -83,7 +118,7 @@ def max_batch(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("triton", "max-batch"))
+    p.add_argument("what", choices=("triton", "lean", "max-batch"))
     p.add_argument("--model", default="spikingresformer_s")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--T", type=int, default=4)
@@ -93,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--start", type=int, default=32)
     p.add_argument("--limit", type=int, default=4096)
     args = p.parse_args(argv)
-    return check_triton() if args.what == "triton" else max_batch(args)
+    return {"triton": check_triton, "lean": check_lean}.get(args.what, lambda: max_batch(args))()
 
 
 if __name__ == "__main__":

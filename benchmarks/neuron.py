@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--malloc", default="tuned", help="comma list of tuned/system to run each under")
+    p.add_argument("--malloc", default="glibc",
+                   help="comma list of glibc/tcmalloc (tcmalloc: preloaded into that subprocess only)")
     p.add_argument("--sj-python", action="append", default=[],
                    help="a Python with spikingjelly installed (repeatable, one per version)")
     p.add_argument("--threads", type=int, default=None)
@@ -154,7 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 jobs.append((py, dict(shape=shape, backend=f"spikingjelly[{i}]", malloc=malloc)))
     results = []
     for py, job in jobs:
-        env = dict(os.environ, SPIKINGRESFORMER_MALLOC=job["malloc"])
+        env = dict(os.environ)
+        if job["malloc"] == "tcmalloc":
+            env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), "libtcmalloc_minimal.so.4"]))
         cmd = [py, os.path.abspath(__file__), *passthrough, "--worker", json.dumps(job)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

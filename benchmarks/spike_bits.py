@@ -1,9 +1,9 @@
 """Time packing a spike tensor into bits and unpacking it: the PyTorch ops against the C kernel.
 
-The tensor is ``[T, B, C, H, W]`` stored channels-last (``[T, B, H, W, C]`` in memory), as the
-model's spikes are. Each entry is the median of ``--reps`` calls, after one warm-up call; the two
-implementations are checked to give the same bits. The glibc allocator is tuned as in the other
-benchmarks (``SPIKINGRESFORMER_MALLOC=system`` opts out).
+The tensor has ``T*B*C*H*W`` elements, packed in memory order as the saved-tensor hooks of
+:class:`spikingresformer.neurons.bits.SpikeBits` pack a spike tensor's storage. Each entry is the
+median of ``--reps`` calls, after one warm-up call; the two implementations are checked to give the
+same bits.
 
 Example::
 
@@ -19,9 +19,8 @@ from typing import Callable, List
 
 import torch
 
-from spikingresformer import runtime
-from spikingresformer.model.spike_saving import pack_spikes
 from spikingresformer.neurons import fused
+from spikingresformer.neurons.bits import pack_bits, unpack_bits
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -51,22 +50,20 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
 def main() -> None:
     """Print pack, unpack and total times per dtype and implementation."""
     args = build_parser().parse_args()
-    runtime.apply_defaults()
     if args.threads:
         torch.set_num_threads(args.threads)
     t, b, c, h, w = (int(v) for v in args.shape.split("x"))
-    print(f"shape [{t},{b},{c},{h},{w}] channels-last, {torch.get_num_threads()} threads, "
-          f"{runtime.malloc_settings()}, C kernel available: {fused.c_kernel_available()}")
+    print(f"shape [{t},{b},{c},{h},{w}], {torch.get_num_threads()} threads, "
+          f"C kernel available: {fused.c_kernel_available()}")
     for name in args.dtypes.split(","):
         g = torch.Generator().manual_seed(0)
-        s = (torch.rand((t, b, h, w, c), generator=g) < args.density).to(DTYPES[name]).permute(0, 1, 4, 2, 3)
+        s = (torch.rand(t * b * c * h * w, generator=g) < args.density).to(DTYPES[name])
         bits = {}
         for impl in ("torch", "c"):
             with fused.use_impl(impl):
-                packed = pack_spikes(s)
-                bits[impl] = packed.bits
-                pack = median_ms(lambda: pack_spikes(s), args.reps)
-                unpack = median_ms(packed.unpack, args.reps)
+                packed = bits[impl] = pack_bits(s)
+                pack = median_ms(lambda: pack_bits(s), args.reps)
+                unpack = median_ms(lambda: unpack_bits(packed, s.numel(), s.dtype), args.reps)
             print(f"{name:5s} {impl:5s} pack {pack:8.2f} ms  unpack {unpack:8.2f} ms  total {pack + unpack:8.2f} ms")
         assert torch.equal(bits["torch"], bits["c"]), "the two implementations disagree"
 

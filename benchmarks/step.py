@@ -1,14 +1,16 @@
 """Time a training step, inference and peak memory of a SpikingResformer per neuron backend,
 optionally side by side with the official release's own model code.
 
-Every configuration runs in a fresh subprocess, so peak process memory (RSS on CPU) is its own.
+Every configuration runs in a fresh subprocess, so peak process memory (RSS on CPU) is its own, and
+the library runs as a Python user imports it (nothing process-wide is tuned).
 A configuration is ``backend[:precision[:malloc[:mode[:saving]]]]``; ``--backends`` and ``--precision``
-build the list when ``--configs`` is not given. ``saving`` is ``default`` (the model's defaults),
-``plain`` (no bits, no recomputation: what autograd keeps), ``bits`` (spikes as bits only),
-``recompute`` (recomputation only) or ``lean`` (both). ``malloc`` is ``tuned`` (what our commands apply, see
-``spikingresformer.runtime``) or ``system`` (glibc defaults, as the official release runs). ``mode``
-is ``eager`` or ``compile`` (``torch.compile(model, fullgraph=True)``; the first warm-up step's
-extra time is reported as the compile time).
+build the list when ``--configs`` is not given (with ``--official``: default and lean, fp32 and bf16).
+``saving`` is ``default`` (the model as built: its fastest path), ``lean``
+(``model.set_grad_checkpointing(True)``) or ``bits`` (``model.set_spike_saving(True)``). ``malloc`` is
+``glibc`` (the C library's allocator, as a user has it) or ``tcmalloc`` (``libtcmalloc_minimal.so.4``
+preloaded into that configuration's process with ``LD_PRELOAD``). ``mode`` is ``eager`` or
+``compile`` (``torch.compile(model, fullgraph=True)``; the first warm-up step's extra time is
+reported as the compile time).
 
 With ``--official DIR --official-python PY`` the official model (a checkout DIR of the official
 repository, run by PY: an environment with spikingjelly 0.0.0.0.14, timm and the same torch) is
@@ -23,12 +25,12 @@ only 0 and 1, packed uint8 bits, other real values, parameters, integer/bool), e
 Examples::
 
     python benchmarks/step.py --model spikingresformer_cifar --batch-size 16 --T 4 --steps 5
-    python benchmarks/step.py --configs reference:fp32:system,fused:bf16,fused:fp32 --json out.json
-    python benchmarks/step.py --configs fused:fp32,fused:fp32:tuned:compile,fused:bf16,fused:bf16:tuned:compile
+    python benchmarks/step.py --configs reference:fp32,fused:bf16,fused:bf16:tcmalloc,fused:bf16::eager:lean
+    python benchmarks/step.py --configs fused:fp32,fused:fp32::compile,fused:bf16,fused:bf16::compile
     python benchmarks/step.py --model spikingresformer_s --img-size 224 --batch-size 32 \\
         --device cuda --precision bf16 --backends reference,fused,triton
     python benchmarks/step.py --model spikingresformer_cifar --batch-size 16 --T 4 --img-size 32 \\
-        --configs fused:fp32,fused:bf16 --official /tmp/official \\
+        --official /work/official \\
         --official-python /work/official-venv/bin/python --official-precision bf16 --rounds 2
 """
 
@@ -47,10 +49,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-MALLOCS = ("tuned", "glibc", "system")
-#: what the model keeps for backward: (spikes as bits, recompute in backward), None = model default
-SAVINGS = {"default": None, "plain": (False, False), "bits": (True, False), "recompute": (False, True),
-           "lean": (True, True)}
+MALLOCS = ("glibc", "tcmalloc")
+#: what the model keeps for backward: as built, lean (set_grad_checkpointing) or spikes as bits
+SAVINGS = ("default", "lean", "bits")
+#: ours side by side with the official code when --configs is not given
+OFFICIAL_DEFAULT_CONFIGS = "fused:fp32,fused:bf16,fused:fp32::eager:lean,fused:bf16::eager:lean"
+TCMALLOC = "libtcmalloc_minimal.so.4"
 
 #: Kinds of saved-for-backward storage that :func:`saved_for_backward` reports, in print order.
 SAVED_KINDS = ("spike", "bits", "real", "params", "other")
@@ -89,7 +93,7 @@ def official_configs(precisions: str, backend: str) -> List[Dict[str, str]]:
             raise SystemExit(f"--official-precision: unknown precision {p!r} (expected fp32, bf16 or fp16)")
         if p not in wanted:
             wanted.append(p)
-    return [{"impl": "official", "backend": backend, "precision": p, "malloc": "system", "mode": "eager"}
+    return [{"impl": "official", "backend": backend, "precision": p, "malloc": "glibc", "mode": "eager"}
             for p in wanted]
 
 
@@ -106,12 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=None, help="comma list (default: reference,fused[,triton on cuda])")
     p.add_argument("--configs", default=None,
                    help="comma list of backend[:precision[:malloc[:mode[:saving]]]], or none (official only)")
-    p.add_argument("--malloc", default="tuned", choices=MALLOCS)
+    p.add_argument("--malloc", default="glibc", choices=MALLOCS)
     p.add_argument("--steps", type=int, default=5, help="timed training steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--infer-steps", type=int, default=None, help="timed inference passes (default: --steps)")
     p.add_argument("--channels-last", action="store_true", help="channels-last model and input (ours only)")
-    p.add_argument("--grad-checkpointing", action="store_true", help="ours only")
     p.add_argument("--compile", action="store_true", help="torch.compile every configuration of ours (as mode=compile)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-train", action="store_true")
@@ -200,9 +203,26 @@ def saved_for_backward(run: Callable[[], Any], params: Any = ()) -> Dict[str, An
             count[kind] += 1
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    del out
+    # the model's own hooks (spikes as bits) are innermost: count what they keep, too
+    try:
+        from spikingresformer.neurons.bits import SpikeBits
+    except ImportError:  # the official code's environment has no spikingresformer
+        SpikeBits = type("NoSpikeBits", (), {"_pack": None})
+
+    own_pack = SpikeBits._pack
+
+    def counted(self: Any, t: torch.Tensor) -> Any:
+        kept = own_pack(self, t)
+        pack(kept[0] if isinstance(kept, tuple) else kept)
+        return kept
+
+    SpikeBits._pack = counted  # type: ignore[method-assign]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = run()
+        del out
+    finally:
+        SpikeBits._pack = own_pack  # type: ignore[method-assign]
     mb = {k: v / 2**20 for k, v in nbytes.items()}
     mb["total"] = sum(nbytes.values()) / 2**20
     return {"mb": mb, "tensors": count}
@@ -221,27 +241,23 @@ def _build_ours(args: argparse.Namespace, cfg: Dict[str, Any], device: Any, resu
     import torch
 
     import spikingresformer as sr
-    from spikingresformer import runtime
 
-    runtime.apply_defaults()  # honours SPIKINGRESFORMER_MALLOC=system set by the driver
-    result["malloc_status"] = runtime.malloc_settings()
+    result["malloc_status"] = os.environ.get("LD_PRELOAD") or "glibc"
     kwargs: Dict[str, Any] = dict(T=args.T, neuron_backend=cfg["backend"])
     if args.img_size:
         kwargs["img_size"] = args.img_size
     model = sr.create_model(args.model, **kwargs).to(device)
-    saving = SAVINGS[cfg.get("saving", "default")]
-    if saving is not None:
-        model.set_spike_saving(saving[0])
-        model.set_backward_recompute(saving[1])
-    result["spike_bits"] = any(getattr(m, "save_spikes_as_bits", False) for m in model.modules())
-    result["recompute"] = any(getattr(m, "recompute_in_backward", False) for m in model.modules())
+    saving = cfg.get("saving", "default")
+    if saving == "lean":
+        model.set_grad_checkpointing(True)
+    elif saving == "bits":
+        model.set_spike_saving(True)
+    result["spike_bits"], result["lean"] = model.save_spikes_as_bits, model.grad_checkpointing
     if args.channels_last:  # 4-D weights only (the firing-rate buffers are 5-D)
         with torch.no_grad():
             for p in model.parameters():
                 if p.dim() == 4:
                     p.data = p.data.contiguous(memory_format=torch.channels_last)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
     compiled = args.compile or cfg.get("mode") == "compile"
     run_model = torch.compile(model, fullgraph=True) if compiled else model
     return _Subject(model, run_model, lambda: None, model.in_chans, args.img_size or model.img_size,
@@ -353,7 +369,9 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, Any]) -> Dict[str, Any]:
         if device.type == "cuda":
             result["infer_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
-    if not args.no_saved:  # after the timings, so it changes none of them
+    if result.get("lean"):  # selective checkpointing keeps its tensors outside autograd's saved tensors
+        result["saved_error"] = "lean mode: checkpointed blocks keep their tensors outside the hooks"
+    elif not args.no_saved:  # after the timings, so it changes none of them
         model.train()
 
         def forward_loss() -> Any:
@@ -531,7 +549,14 @@ def probe_official_python(python: str) -> Dict[str, str]:
 def _official_env() -> Dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the official environment runs on its own packages only
-    env.pop("SPIKINGRESFORMER_MALLOC", None)
+    return env
+
+
+def _ours_env(malloc: str) -> Dict[str, str]:
+    """Environment of one of our configurations: ``tcmalloc`` preloads it into that process only."""
+    env = dict(os.environ)
+    if malloc == "tcmalloc":
+        env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), TCMALLOC]))
     return env
 
 
@@ -567,8 +592,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.configs == "none":  # only the official configurations (with --official)
         ours = []
-    elif args.configs:
-        ours = [_parse_config(c, args.precision, args.malloc) for c in args.configs.split(",")]
+    elif args.configs or args.official:
+        ours = [_parse_config(c, args.precision, args.malloc)
+                for c in (args.configs or OFFICIAL_DEFAULT_CONFIGS).split(",")]
     else:
         backends = args.backends or ("reference,fused,triton" if args.device.startswith("cuda") else "reference,fused")
         ours = [_parse_config(b, args.precision, args.malloc) for b in backends.split(",")]
@@ -599,7 +625,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cfg["impl"] == "official":
             python, env = args.official_python, _official_env()
         else:
-            python, env = sys.executable, dict(os.environ, SPIKINGRESFORMER_MALLOC=cfg["malloc"])
+            python, env = sys.executable, _ours_env(cfg["malloc"])
         r = _run_one(cfg, passthrough, python, env)
         r["batch_size"] = args.batch_size
         runs.setdefault(config_key(cfg), []).append(r)
@@ -620,7 +646,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if versions.get("spikingjelly") != official_model.EXPECTED_SPIKINGJELLY:
             print(f"WARNING: the official code expects spikingjelly {official_model.EXPECTED_SPIKINGJELLY}")
     print(f"model={args.model} batch={args.batch_size} T={args.T} img={args.img_size or 'default'} "
-          f"device={args.device} channels_last={args.channels_last} checkpointing={args.grad_checkpointing} "
+          f"device={args.device} channels_last={args.channels_last} "
           f"compile={args.compile}; ratios against the first row")
     print_table(results, baseline)
     if official:

@@ -86,7 +86,7 @@ def test_official_configs_and_alternating_order():
     assert [c["precision"] for c in step.official_configs("fp32,fp32", "torch")] == ["fp32"]
     with pytest.raises(SystemExit, match="unknown precision 'int8'"):
         step.official_configs("int8", "auto")
-    ours = [step._parse_config("fused:fp32", "bf16", "tuned"), step._parse_config("fused", "bf16", "tuned")]
+    ours = [step._parse_config("fused:fp32", "bf16", "glibc"), step._parse_config("fused", "bf16", "glibc")]
     order = step.run_order(off[:1], ours, 2)
     assert [c["impl"] for c in order] == ["official", "ours", "ours", "official", "ours", "ours"]
     assert ours[1]["precision"] == "bf16"
@@ -236,30 +236,32 @@ def test_build_official_substitutes_torch_backend_and_resets(tmp_path, monkeypat
         official_model.build_official(str(tmp_path / "missing"), "spikingresformer_cifar", 2, 5, 4)
 
 
-def test_worker_ours_reports_times_and_saved_spikes(monkeypatch):
-    monkeypatch.setenv("SPIKINGRESFORMER_MALLOC", "system")
+def test_worker_ours_reports_times_and_saved_spikes():
     args = step.build_parser().parse_args(
         ["--batch-size", "1", "--T", "1", "--img-size", "16", "--steps", "1", "--warmup", "0", "--no-infer"])
-    plain = step.run_worker(args, step._parse_config("fused:fp32:tuned:eager:plain", "bf16", "tuned"))
+    plain = step.run_worker(args, step._parse_config("fused:fp32", "bf16", "glibc"))  # the model as built
     assert plain["train_step_s"] > 0 and plain["train_peak_rss_mb"] > 0 and plain["img"] == 16
-    assert not plain["spike_bits"] and not plain["recompute"]
+    assert not plain["spike_bits"] and not plain["lean"] and plain["malloc_status"] == "glibc"
     mb = plain["saved"]["mb"]
     assert mb["spike"] > 0 and mb["bits"] == 0 and mb["real"] > 0 and mb["params"] > 0
     assert mb["total"] == pytest.approx(sum(mb[k] for k in step.SAVED_KINDS))
-    lean = step.run_worker(args, step._parse_config("fused:fp32", "bf16", "tuned"))  # the model's defaults
-    assert lean["spike_bits"] and lean["recompute"]
-    assert lean["saved"]["mb"]["spike"] < 0.01 * mb["spike"] and lean["saved"]["mb"]["bits"] > 0
-    assert lean["saved"]["mb"]["total"] < mb["total"]
+    bits = step.run_worker(args, step._parse_config("fused:fp32:glibc:eager:bits", "bf16", "glibc"))
+    assert bits["spike_bits"] and bits["saved"]["mb"]["spike"] < 0.01 * mb["spike"] and bits["saved"]["mb"]["bits"] > 0
+    assert bits["saved"]["mb"]["total"] < mb["total"]
+    lean = step.run_worker(args, step._parse_config("fused:fp32::eager:lean", "bf16", "glibc"))
+    assert lean["lean"] and lean["train_step_s"] > 0 and "lean mode" in lean["saved_error"]
 
 
 def test_config_saving_and_malloc_fields():
-    cfg = step._parse_config("fused:bf16:glibc:eager:lean", "fp32", "tuned")
-    assert (cfg["precision"], cfg["malloc"], cfg["mode"], cfg["saving"]) == ("bf16", "glibc", "eager", "lean")
-    assert step._parse_config("fused", "fp32", "tuned")["saving"] == "default"
+    cfg = step._parse_config("fused:bf16:tcmalloc:eager:lean", "fp32", "glibc")
+    assert (cfg["precision"], cfg["malloc"], cfg["mode"], cfg["saving"]) == ("bf16", "tcmalloc", "eager", "lean")
+    assert step._parse_config("fused", "fp32", "glibc")["saving"] == "default"
     with pytest.raises(SystemExit, match="unknown saving"):
-        step._parse_config("fused:bf16:tuned:eager:tiny", "fp32", "tuned")
+        step._parse_config("fused:bf16:glibc:eager:tiny", "fp32", "glibc")
     with pytest.raises(SystemExit, match="unknown malloc"):
-        step._parse_config("fused:bf16:jemalloc", "fp32", "tuned")
+        step._parse_config("fused:bf16:jemalloc", "fp32", "glibc")
+    assert step._ours_env("tcmalloc")["LD_PRELOAD"].endswith(step.TCMALLOC)
+    assert step.TCMALLOC not in step._ours_env("glibc").get("LD_PRELOAD", "")
 
 
 @pytest.mark.skipif(not (os.environ.get("SPIKINGRESFORMER_OFFICIAL_DIR") and os.environ.get("SPIKINGRESFORMER_OFFICIAL_PYTHON")),
@@ -276,3 +278,10 @@ def test_side_by_side_against_official_checkout(tmp_path, capsys):
 
     res = json.loads(out.read_text())["results"]
     assert [r["impl"] for r in res] == ["official", "ours"] and all("saved" in r for r in res)
+
+
+def test_saved_for_backward_without_our_package(monkeypatch):
+    """The official code's environment has no spikingresformer: counting must still work there."""
+    monkeypatch.setitem(sys.modules, "spikingresformer.neurons.bits", None)  # import raises ImportError
+    x = torch.randn(4, requires_grad=True)
+    assert step.saved_for_backward(lambda: (x * x).sum())["tensors"]["real"] == 1

@@ -131,9 +131,6 @@ def _expected_message(e: BaseException) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script and of ``python -m spikingresformer``; returns the exit code."""
-    from . import runtime
-
-    runtime.apply_defaults()  # our own command tunes the allocator; a plain import never does
     parser = argparse.ArgumentParser(prog="spikingresformer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

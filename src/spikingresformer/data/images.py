@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 from timm.data import create_transform
 from torchvision import datasets
 
+from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .errors import DatasetNotFoundError
 
 __all__ = [
@@ -32,11 +33,6 @@ __all__ = [
     "CIFAR100_STD",
 ]
 
-#: Per-channel mean and std of the CIFAR10 / CIFAR100 training images (RGB, in [0, 1]).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version' archives)"
 IMAGENET_URL = "https://image-net.org/download.php (ILSVRC2012 train and validation images)"
 IMAGENET_LAYOUT = """\

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from .report import PJ_PER_MJ, EnergyReport, LayerRecord, NeuronRecord
+if TYPE_CHECKING:  # annotations only: report.py imports this module, not the other way round
+    from .report import EnergyReport, LayerRecord, NeuronRecord
+
+PJ_PER_MJ = 1e9
 
 __all__ = [
     "MemoryCosts",

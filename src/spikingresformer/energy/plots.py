@@ -11,7 +11,10 @@ __all__ = ["plot_energy_models", "plot_firing_rates", "plot_memory_per_layer", "
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("energy plots need matplotlib: pip install 'spikingresformer[plots]' (or pass --no-plots)") from None
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from ..fileio import atomic_write_bytes
+from .memory import PJ_PER_MJ, energy_models, memory_energy, render_energy_models
 
 __all__ = [
     "E_MAC_PJ",
@@ -43,7 +44,6 @@ __all__ = [
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 CONVENTIONS = ("paper", "full")
-PJ_PER_MJ = 1e9
 
 Number = Union[int, float]
 
@@ -202,16 +202,12 @@ class EnergyReport:
 
     def memory_energy_mj(self) -> float:
         """Energy per image in mJ under the memory-aware model with its default constants."""
-        from .memory import memory_energy
-
         return memory_energy(self)["total"].total_pj / PJ_PER_MJ
 
     # -- serialisation -----------------------------------------------------------------------------
 
     def energy_models(self) -> Dict[str, Any]:
         """Memory-aware energy and the equivalent networks (see :func:`spikingresformer.energy.memory.energy_models`)."""
-        from .memory import energy_models
-
         return energy_models(self)
 
     def event_stem(self) -> Optional[Dict[str, Any]]:
@@ -362,8 +358,6 @@ def summarize(report: EnergyReport) -> str:
 
 def render_table(report: EnergyReport) -> str:
     """Plain-text table: layers grouped by stage with stage subtotals, totals, neurons, energy models."""
-    from .memory import energy_models, render_energy_models
-
     models = energy_models(report)
     mem_uj = {c.name: c.total_pj / 1e6 for c in models["spiking_memory"]["layers"]}
     neuron_uj = {c.stage: 0.0 for c in models["spiking_memory"]["neurons"]}

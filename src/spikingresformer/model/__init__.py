@@ -4,18 +4,6 @@ from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingM
 from .fuse import count_spike_flips, fuse_for_inference
 from .spikingresformer import DSSA, GWFFN, VARIANTS, Downsample, SpikingResformer, default_cfgs
 
-__all__ = [
-    "DSSA",
-    "GWFFN",
-    "VARIANTS",
-    "Downsample",
-    "SeqBatchNorm2d",
-    "SeqConv2d",
-    "SeqLinear",
-    "SeqMaxPool2d",
-    "SpikingMatmul",
-    "SpikingResformer",
-    "count_spike_flips",
-    "default_cfgs",
-    "fuse_for_inference",
-]
+__all__ = ["DSSA", "GWFFN", "VARIANTS", "Downsample", "SeqBatchNorm2d", "SeqConv2d", "SeqLinear",
+           "SeqMaxPool2d", "SpikingMatmul", "SpikingResformer", "count_spike_flips", "default_cfgs",
+           "fuse_for_inference"]

@@ -14,8 +14,6 @@ import torch
 import torch.fx
 from torch import nn
 
-from .spike_saving import spike_conv2d, spike_matmul
-
 __all__ = ["SeqConv2d", "SeqBatchNorm2d", "SeqMaxPool2d", "SeqLinear", "SpikingMatmul", "fold_time",
            "merge_time", "split_time"]
 
@@ -34,9 +32,8 @@ def split_time(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y if like.dim() == 4 else y.unflatten(0, like.shape[:2])
 
 
-# rank-dependent branches and custom autograd: FX records each as one call (torch.compile traces
-# through them)
-for _fn in ("merge_time", "split_time", "spike_conv2d", "spike_matmul"):
+# rank-dependent branches: FX records each as one call (torch.compile traces through them)
+for _fn in ("merge_time", "split_time"):
     torch.fx.wrap(_fn)
 
 
@@ -50,29 +47,10 @@ def fold_time(layer: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor
 
 
 class SeqConv2d(nn.Conv2d):
-    """``nn.Conv2d`` over ``[T, B, C, H, W]``; time is folded into the batch.
-
-    ``spike_input=True`` declares that the input is always a spike tensor (0/1, a neuron's output);
-    with ``save_spikes_as_bits`` (set by the model's ``set_spike_saving``) it is then kept for backward
-    at one bit per element (see :mod:`.spike_saving`), with identical gradients.
-    """
-
-    def __init__(self, *args, spike_input: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.spike_input = spike_input
-        self.save_spikes_as_bits = False  # the model's set_spike_saving switches it
-
-    def _bits_ok(self) -> bool:
-        return (self.spike_input and self.save_spikes_as_bits and self.bias is None
-                and self.padding_mode == "zeros" and not isinstance(self.padding, str))
-
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if self._bits_ok():
-            return spike_conv2d(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
-        return super().forward(x)
+    """``nn.Conv2d`` over ``[T, B, C, H, W]``; time is folded into the batch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return fold_time(self, x, self._conv)
+        return fold_time(self, x, super().forward)
 
 
 class SeqMaxPool2d(nn.MaxPool2d):
@@ -108,11 +86,8 @@ class SpikingMatmul(nn.Module):
         if spike_operand not in ("left", "right"):
             raise ValueError(f"spike_operand must be 'left' or 'right', got {spike_operand!r}")
         self.spike_operand = spike_operand
-        self.save_spikes_as_bits = False  # the model's set_spike_saving switches it
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        if self.spike_operand == "right" and self.save_spikes_as_bits:
-            return spike_matmul(left, right)  # the spike operand kept as bits for backward
         return torch.matmul(left, right)
 
     def extra_repr(self) -> str:

@@ -9,7 +9,7 @@ Module and parameter names match the official release, so its checkpoints load w
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -23,10 +23,10 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 
-from ..data.images import CIFAR10_MEAN, CIFAR10_STD
+from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from ..neurons import MultiStepNeuron, build_neuron
+from ..neurons.bits import SpikeBits
 from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingMatmul
-from .recompute import can_recompute, dssa_middle, gwffn_middle
 
 __all__ = ["Downsample", "DSSA", "GWFFN", "SpikingResformer", "VARIANTS"]
 
@@ -142,7 +142,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_planes: int, out_planes: int, neuron: str = "lif", backend: Optional[str] = None):
         super().__init__()
-        self.conv = SeqConv2d(in_planes, out_planes, 3, stride=2, padding=1, bias=False, spike_input=True)
+        self.conv = SeqConv2d(in_planes, out_planes, 3, stride=2, padding=1, bias=False)
         self.norm = SeqBatchNorm2d(out_planes)
         self.activation = build_neuron(neuron, backend)
 
@@ -195,24 +195,14 @@ class DSSA(nn.Module):
         self._freeze_rates = False  # set while activation checkpointing recomputes the block
 
         self.activation_in = build_neuron(neuron, backend)
-        self.W = SeqConv2d(dim, dim * 2, patch_size, stride=patch_size, bias=False, spike_input=True)
+        self.W = SeqConv2d(dim, dim * 2, patch_size, stride=patch_size, bias=False)
         self.norm = SeqBatchNorm2d(dim * 2)
         self.matmul1 = SpikingMatmul("right")
         self.matmul2 = SpikingMatmul("right")
         self.activation_attn = build_neuron(neuron, backend)
         self.activation_out = build_neuron(neuron, backend)
-        self.Wproj = SeqConv2d(dim, dim, 1, bias=False, spike_input=True)
+        self.Wproj = SeqConv2d(dim, dim, 1, bias=False)
         self.norm_proj = SeqBatchNorm2d(dim)
-        #: recompute the attention, its BatchNorm output and membranes in backward
-        #: (``model/recompute.py``); the model's ``set_backward_recompute`` switches it
-        self.recompute_in_backward = True
-
-    def _recompute_ok(self, x: torch.Tensor) -> bool:
-        if not (self.recompute_in_backward and self.training and torch.is_grad_enabled()
-                and isinstance(self.norm, SeqBatchNorm2d)):
-            return False
-        bypassed = [self.norm, self.norm.bn, self.matmul1, self.matmul2, self.activation_attn, self.activation_out]
-        return can_recompute(x, bypassed, [self.activation_attn, self.activation_out])
 
     @property
     def _rates_initialised(self) -> "_RateFlags":
@@ -249,29 +239,20 @@ class DSSA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, b, c, h, w = x.shape
         heads = self.num_heads
-        s = self.activation_in(x)
-        # the attention reads y in channels-first order: reorder before BatchNorm, not after, so
-        # that BatchNorm's backward sees input and gradient in one layout (mixed is ~10x slower)
-        kv = channels_first(self.W(s))
-        if self._recompute_ok(x):  # same results; the attention is recomputed in backward
-            num_patches = kv.shape[-2] * kv.shape[-1]
-            s_heads = s.reshape(t, b, heads, c // heads, h * w)
-            scale1 = self._scale(self._update_rate("firing_rate_x", s_heads), c // heads)
-            out = dssa_middle(
-                kv, s, self.norm.bn, self.activation_attn, self.activation_out, heads, scale1,
-                lambda a: self._scale(self._update_rate("firing_rate_attn", a), num_patches),
-                is_channels_last_5d(x), self.matmul1.save_spikes_as_bits)
-            return self.norm_proj(self.Wproj(out)) + x
-        y = self.norm(kv)
+        s = self.activation_in(x)  # S = SN(X)
+        # Y = BN(W(S)), split per head into the keys Y1 and values Y2. The attention reads Y in
+        # channels-first order: reorder before BatchNorm, not after, so that BatchNorm's backward
+        # sees input and gradient in one layout (mixed is ~10x slower)
+        y = self.norm(channels_first(self.W(s)))
         num_patches = y.shape[-2] * y.shape[-1]
         y = y.reshape(t, b, heads, 2 * c // heads, num_patches)
         y1, y2 = y[:, :, :, : c // heads, :], y[:, :, :, c // heads :, :]
         s = s.reshape(t, b, heads, c // heads, h * w)
 
+        # A = SN(c1 * Y1^T S), c1 = 1/sqrt(rate(S) * C/h)
         scale1 = self._scale(self._update_rate("firing_rate_x", s), c // heads)
-        attn = self.matmul1(y1.transpose(-1, -2), s) * scale1
-        attn = self.activation_attn(attn)
-
+        attn = self.activation_attn(self.matmul1(y1.transpose(-1, -2), s) * scale1)
+        # O = SN(c2 * Y2 A), c2 = 1/sqrt(rate(A) * patches); DSSA(X) = BN(Wproj(O)) + X
         scale2 = self._scale(self._update_rate("firing_rate_attn", attn), num_patches)
         out = like_layout((self.matmul2(y2, attn) * scale2).reshape(t, b, c, h, w), x)
         out = self.activation_out(out)
@@ -295,43 +276,24 @@ class GWFFN(nn.Module):
         if inner % group_size != 0:
             raise ValueError(f"GWFFN inner width {inner} must be divisible by group_size {group_size}")
         self.up = nn.Sequential(
-            build_neuron(neuron, backend), SeqConv2d(dim, inner, 1, bias=False, spike_input=True),
+            build_neuron(neuron, backend), SeqConv2d(dim, inner, 1, bias=False),
             SeqBatchNorm2d(inner),
         )
         self.conv = nn.ModuleList(
             nn.Sequential(
                 build_neuron(neuron, backend),
-                SeqConv2d(inner, inner, 3, padding=1, groups=inner // group_size, bias=False, spike_input=True),
+                SeqConv2d(inner, inner, 3, padding=1, groups=inner // group_size, bias=False),
                 SeqBatchNorm2d(inner),
             )
             for _ in range(num_conv)
         )
         self.down = nn.Sequential(
-            build_neuron(neuron, backend), SeqConv2d(inner, dim, 1, bias=False, spike_input=True),
+            build_neuron(neuron, backend), SeqConv2d(inner, dim, 1, bias=False),
             SeqBatchNorm2d(dim),
         )
 
-        #: recompute the middle BatchNorm outputs and membranes in backward (``model/recompute.py``);
-        #: the model's ``set_backward_recompute`` switches it
-        self.recompute_in_backward = True
-
-    def _recompute_ok(self, x: torch.Tensor) -> bool:
-        if not (self.recompute_in_backward and self.training and torch.is_grad_enabled() and len(self.conv) == 1
-                and isinstance(self.up[2], SeqBatchNorm2d) and isinstance(self.conv[0][2], SeqBatchNorm2d)):
-            return False
-        conv = self.conv[0][1]
-        if conv.bias is not None or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            return False
-        bypassed = [self.up, self.up[2], self.up[2].bn, self.conv, self.conv[0], *self.conv[0],
-                    self.conv[0][2].bn, self.down, self.down[0]]
-        return can_recompute(x, bypassed, [self.conv[0][0], self.down[0]])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._recompute_ok(x):  # same results; keeps 2 of the 4 wide tensors for backward
-            c_up = self.up[1](self.up[0](x))
-            mid = self.conv[0]
-            s = gwffn_middle(c_up, self.up[2].bn, mid[0], mid[1], mid[2].bn, self.down[0])
-            return self.down[2](self.down[1](s)) + x
+        # U = BN(W_up SN(X)); Z = BN(GWConv(SN(U))) (x num_conv); GWFFN(X) = BN(W_down SN(Z + U)) + X
         u = self.up(x)
         z = u
         for m in self.conv:
@@ -365,12 +327,8 @@ class SpikingResformer(nn.Module):
         ffn_ratio: GWFFN expansion ratio.
         sync_firing_rates: average DSSA firing rates over ranks under ``torch.distributed``.
         global_pool: ``"avg"`` (global average pooling before the classifier) or ``""`` (none).
-        save_spikes_as_bits: keep the spike inputs of convolutions and DSSA products at one bit per
-            element for backward (identical gradients; packing and unpacking are one C pass each on
-            CPU; :meth:`set_spike_saving` switches it).
-        recompute_in_backward: in eager CPU training, keep only the BatchNorm inputs of each GWFFN's
-            middle chain for backward and recompute its BatchNorm outputs, membranes and spikes there
-            (identical results and gradients, less memory; :meth:`set_backward_recompute` switches it).
+        save_spikes_as_bits: keep the spikes that autograd saves for backward at one bit per element
+            (identical gradients, less memory, a little slower; :meth:`set_spike_saving` switches it).
         memory_format: layout of the feature maps: ``"contiguous"``, ``"channels_last"`` (time and
             batch outermost, channels innermost) or ``"auto"`` (channels-last under CPU bfloat16
             autocast, where it is faster). Results are the same up to floating-point rounding.
@@ -399,8 +357,7 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: bool = True,
         memory_format: str = "auto",
         global_pool: str = "avg",
-        save_spikes_as_bits: bool = True,
-        recompute_in_backward: bool = True,
+        save_spikes_as_bits: bool = False,
         **kwargs: Any,
     ):
         super().__init__()
@@ -473,19 +430,10 @@ class SpikingResformer(nn.Module):
         self.classifier: nn.Module = SeqLinear(planes[-1], num_classes, bias=False) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         self.set_spike_saving(save_spikes_as_bits)
-        self.set_backward_recompute(recompute_in_backward)
 
     def set_spike_saving(self, as_bits: bool = True) -> None:
-        """Keep spike inputs for backward as bits (``True``) or in their dtype, as autograd would."""
-        for m in self.modules():
-            if hasattr(m, "save_spikes_as_bits"):
-                m.save_spikes_as_bits = bool(as_bits)
-
-    def set_backward_recompute(self, enable: bool = True) -> None:
-        """Recompute BatchNorm outputs and membranes in backward (``True``) or keep them, as autograd would."""
-        for m in self.modules():
-            if hasattr(m, "recompute_in_backward"):
-                m.recompute_in_backward = bool(enable)
+        """Keep the spikes saved for backward as bits (``True``) or in their dtype, as autograd would."""
+        self.save_spikes_as_bits = bool(as_bits)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -511,7 +459,8 @@ class SpikingResformer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward instead of storing its activations (less memory, more time)."""
+        """The lean mode: each block keeps only its input for backward and runs again there
+        (activation checkpointing); identical results and statistics, less memory, a slower step."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -562,18 +511,23 @@ class SpikingResformer(nn.Module):
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(_RecomputeOnce(block), x, use_reentrant=False)
+            # compiled graphs recompute only pure operators (the buffer updates are not replayed)
+            run = block if torch.compiler.is_compiling() else _RecomputeOnce(block)
+            return checkpoint(run, x, use_reentrant=False)
         return block(x)
+
+    def _saving(self) -> Any:
+        """The context that keeps saved spikes as bits, when that is on and a backward can follow."""
+        lean = self.grad_checkpointing and self.training  # recomputed spikes are never saved
+        if self.save_spikes_as_bits and not lean and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return SpikeBits()
+        return nullcontext()
 
     # -- forward --------------------------------------------------------------------------------
 
     def forward_features_steps(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> last stage's output per step ``[T, B, C, H', W']`` (real-valued)."""
-        x = self._stem(x)
-        for stage in self.layers:
-            for block in stage:
-                x = self._run_block(block, x)
-        return x
+        return self.forward_intermediates(x, indices=1, output_fmt="TNCHW")[0]  # collects no earlier stage
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> last stage's output averaged over time, ``[B, C, H', W']`` (timm's convention).
@@ -635,13 +589,14 @@ class SpikingResformer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'TNCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.layers), indices)
         intermediates = []
-        x = self._stem(x)
         stages = self.layers if not stop_early else self.layers[: max_index + 1]
-        for i, stage in enumerate(stages):
-            for block in stage:
-                x = self._run_block(block, x)
-            if i in take:
-                intermediates.append(x.mean(0) if output_fmt == "NCHW" else x)
+        with self._saving():
+            x = self._stem(x)
+            for i, stage in enumerate(stages):
+                for block in stage:
+                    x = self._run_block(block, x)
+                if i in take:
+                    intermediates.append(x.mean(0) if output_fmt == "NCHW" else x)
         if intermediates_only:
             return intermediates
         return (x.mean(0) if output_fmt == "NCHW" else x), intermediates
@@ -673,41 +628,36 @@ class _ChannelsLastGrad(torch.autograd.Function):
         return to_channels_last_5d(grad)
 
 
-class _RecomputeOnce(nn.Module):
-    """Runs a block under activation checkpointing without counting its buffers twice.
+class _RecomputeOnce:
+    """Runs a block under activation checkpointing without updating its statistics twice.
 
-    The first call is the real forward. The second (the recomputation in backward) reads the DSSA
-    firing-rate buffers without updating them and restores every buffer afterwards, so BatchNorm
-    running statistics and firing rates move exactly as without checkpointing.
+    The first call is the real forward. In the second (the recomputation in backward) each BatchNorm
+    runs with momentum 0 and without counting the batch, so its running statistics stay exactly as
+    the forward left them (``1 * r + 0 * batch``), and the DSSA firing-rate buffers are read without
+    an update. Only Python attributes change, no tensor is copied.
     """
 
     def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-        self.calls = 0
+        self.block, self.calls = block, 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls == 1:
             return self.block(x)
-        with _frozen_buffers(self.block):
-            return self.block(x)
-
-
-@contextmanager
-def _frozen_buffers(block: nn.Module) -> Iterator[None]:
-    saved = {name: buf.clone() for name, buf in block.named_buffers()}
-    dssas = [m for m in block.modules() if isinstance(m, DSSA)]
-    for m in dssas:
-        m._freeze_rates = True
-    try:
-        yield
-    finally:
+        norms = [m for m in self.block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        dssas = [m for m in self.block.modules() if isinstance(m, DSSA)]
+        kept = [(m.momentum, m.num_batches_tracked) for m in norms]
+        for m in norms:
+            m.momentum, m.num_batches_tracked = 0.0, None
         for m in dssas:
-            m._freeze_rates = False
-        with torch.no_grad():
-            for name, buf in block.named_buffers():
-                buf.copy_(saved[name])
+            m._freeze_rates = True
+        try:
+            return self.block(x)
+        finally:
+            for m, (momentum, count) in zip(norms, kept):
+                m.momentum, m.num_batches_tracked = momentum, count
+            for m in dssas:
+                m._freeze_rates = False
 
 
 class _RateFlags:

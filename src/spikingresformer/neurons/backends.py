@@ -21,16 +21,8 @@ import torch
 from .fused import fused_multistep
 from .reference import reference_multistep
 
-__all__ = [
-    "BackendFn",
-    "ENV_VAR",
-    "available_backends",
-    "backend_from_environment",
-    "multistep_neuron",
-    "neuron_ops",
-    "register_backend",
-    "resolve_backend",
-]
+__all__ = ["BackendFn", "ENV_VAR", "available_backends", "backend_from_environment", "multistep_neuron",
+           "register_backend", "resolve_backend"]
 
 BackendFn = Callable[..., torch.Tensor]
 ENV_VAR = "SPIKINGRESFORMER_NEURON_BACKEND"
@@ -93,26 +85,6 @@ def resolve_backend(name: Optional[str], device: torch.device) -> str:
         choice = next((c for c in _AUTO_ORDER.get(device.type, ("fused",)) if c in _BACKENDS), "reference")
         _auto_choice[device.type] = choice
     return choice
-
-
-def neuron_ops(name: Optional[str], device: torch.device):
-    """The custom operators (:class:`~.common.NeuronOps`) behind backend ``name`` on ``device``, else ``None``.
-
-    Code that recomputes a neuron in its own backward pass (``model/recompute.py``) calls them
-    directly; backends without operators (``reference``, user-registered ones) return ``None``.
-    """
-    name = resolve_backend(name, device)
-    if name == "fused":
-        from .fused import FUSED_OPS
-
-        return FUSED_OPS
-    if name == "triton" and _BACKENDS.get("triton") is not fused_multistep:
-        try:
-            from .triton_backend import TRITON_OPS
-        except Exception:  # a broken Triton install: the caller takes its ordinary path
-            return None
-        return TRITON_OPS
-    return None
 
 
 def multistep_neuron(

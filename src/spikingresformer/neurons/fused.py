@@ -1,27 +1,20 @@
 """The ``fused`` neuron backend: forward and backward each one pass over time, as custom operators.
 
 ``torch.ops.spikingresformer.fused_neuron_forward`` and ``..._backward`` (see :mod:`.common`) are
-one node each for autograd, ``torch.compile`` and ``torch.export``. Two implementations sit behind
-them:
+one node each for autograd, ``torch.compile`` and ``torch.export``, with two implementations:
 
-* ``"c"`` (default on CPU): a small C kernel (``_csource.py``) built on first use with the system C
-  compiler (``gcc``/``cc``, or ``$CC``) into ``~/.cache/spikingresformer/kernels`` and called
-  through :mod:`ctypes`. It needs no PyTorch headers, so the first build takes about two seconds;
-  later processes load the cached library. OpenMP parallelises over neurons and shares PyTorch's
-  ``libgomp`` (same soname), so the two runtimes never compete. The same library packs spikes into
-  bits for :mod:`spikingresformer.model.spike_saving` (``use_impl("torch")`` switches that off too).
-* ``"torch"``: the same single-node scheme written with PyTorch element-wise ops (a few passes over
-  memory per step instead of one). It runs on any device and dtype and is the automatic fallback
-  when no compiler is available or the build fails (a warning says so once).
+* ``"c"`` (default on CPU): the kernels of ``kernels.c`` (package data), built on first use with the
+  system C compiler (``$CC``, ``gcc``, ``cc`` or ``clang``; no PyTorch headers, about two seconds)
+  into ``~/.cache/spikingresformer/kernels``, keyed by the source, compiler, flags and CPU, and
+  called through :mod:`ctypes`. OpenMP shares PyTorch's ``libgomp``. The same library packs spikes
+  into bits for :mod:`.bits`.
+* ``"torch"``: the same scheme in PyTorch element-wise ops, on any device and dtype; the automatic
+  fallback (with one warning) when no compiler is there or the build fails.
 
-For backward only the pre-reset membrane ``h`` is stored, in the input's dtype; the spike of a step
-is recomputed as ``h >= v_threshold`` and the previous membrane as ``v_reset if spiked else h``.
-PLIF also keeps a reference to its input ``x`` (needed for the gradient of ``w``). The forward
-arithmetic is the reference loop's, operation for operation, so spikes are bit-identical; gradients
-agree to rounding (the PLIF ``w`` gradient is accumulated in float64).
-
-``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``, read once per process) or
-:func:`use_impl` forces an implementation; ``SPIKINGRESFORMER_KERNEL_CACHE`` moves the kernel cache.
+Backward keeps only the pre-reset membrane ``h`` (PLIF also its input ``x``); spikes are recomputed
+as ``h >= v_threshold``. Forward arithmetic is the reference loop's, so spikes are bit-identical.
+``SPIKINGRESFORMER_FUSED_IMPL`` (``auto``/``c``/``torch``, read once) or :func:`use_impl` forces an
+implementation; ``SPIKINGRESFORMER_KERNEL_CACHE`` moves the cache.
 """
 
 from __future__ import annotations
@@ -41,17 +34,19 @@ from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
-from ._csource import ABI_VERSION, C_SOURCE, KINDS, PACK_DTYPES
-from .common import register_neuron_ops
+from .common import KIND_CODES, register_neuron_ops
 from .surrogate import atan_surrogate_grad
 
-__all__ = ["FUSED_OPS", "fused_multistep", "c_kernel_available", "build_c_kernel", "use_impl", "IMPL_ENV_VAR",
-           "CACHE_ENV_VAR"]
+__all__ = ["FUSED_OPS", "fused_multistep", "c_kernel_available", "build_c_kernel", "c_function", "use_impl",
+           "IMPL_ENV_VAR", "CACHE_ENV_VAR", "DTYPE_NAMES"]
 
 IMPL_ENV_VAR = "SPIKINGRESFORMER_FUSED_IMPL"
 CACHE_ENV_VAR = "SPIKINGRESFORMER_KERNEL_CACHE"
 
-_DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+#: dtypes the C kernels handle, by the suffix of their function names
+DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+#: the kernels' source, shipped as package data (its content is part of the cache key)
+C_SOURCE_PATH = Path(__file__).with_name("kernels.c")
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -60,9 +55,7 @@ _lib_tried = False
 _warned = False
 
 
-# --------------------------------------------------------------------------------------------------
-# Building and loading the C kernel
-# --------------------------------------------------------------------------------------------------
+# -- building and loading the c kernel -------------------------------------------------------------
 
 
 def _cache_dir() -> Path:
@@ -124,18 +117,17 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
         cache = Path(tempfile.gettempdir()) / f"spikingresformer-kernels-{os.getuid()}"
         cache.mkdir(parents=True, exist_ok=True)
     errors = []
+    source = C_SOURCE_PATH.read_text()
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
-            "\0".join([C_SOURCE, cc, version, " ".join(flags + _COMMON_FLAGS), _cpu_signature()]).encode()
+            "\0".join([source, cc, version, " ".join(flags + _COMMON_FLAGS), _cpu_signature()]).encode()
         ).hexdigest()[:20]
         target = cache / f"srf_neuron_{key}.so"
         if not target.exists() or force:
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "srf_neuron.c"
-                src.write_text(C_SOURCE)
                 out = Path(tmp) / "srf_neuron.so"
                 proc = subprocess.run(
-                    cc.split() + flags + _COMMON_FLAGS + [str(src), "-o", str(out)],
+                    cc.split() + flags + _COMMON_FLAGS + [str(C_SOURCE_PATH), "-o", str(out)],
                     capture_output=True, text=True, timeout=300,
                 )
                 if proc.returncode != 0:
@@ -144,8 +136,6 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
                 os.replace(out, target)  # atomic: concurrent builders never see a partial file
         try:
             lib = ctypes.CDLL(str(target))
-            if lib.srf_abi_version() != ABI_VERSION:
-                raise OSError("ABI version mismatch")
         except OSError as exc:
             errors.append(f"{' '.join(flags)}: load failed: {exc}")
             continue
@@ -156,8 +146,8 @@ def build_c_kernel(force: bool = False) -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> None:
     vp, i64, d, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    for dname in _DTYPE_NAMES.values():
-        for kname in KINDS:
+    for dname in DTYPE_NAMES.values():
+        for kname in KIND_CODES:
             fwd = getattr(lib, f"srf_fwd_{dname}_{kname}", None)
             if fwd is None:  # e.g. no _Float16 support in this compiler
                 continue
@@ -166,7 +156,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             bwd = getattr(lib, f"srf_bwd_{dname}_{kname}")
             bwd.argtypes = [vp, vp, vp, vp, i64, i64, d, d, d, d, i]
             bwd.restype = d
-    for dname in PACK_DTYPES:  # spike bit packing (see spikingresformer.model.spike_saving)
+    for dname in DTYPE_NAMES.values():  # spike bit packing (see spikingresformer.neurons.bits)
         for fname in (f"srf_pack_{dname}", f"srf_unpack_{dname}"):
             fn = getattr(lib, fname)
             fn.argtypes = [vp, vp, i64, i]
@@ -220,18 +210,20 @@ def use_impl(choice: str) -> Iterator[None]:
         _impl_choice = old
 
 
-def bits_lib() -> Optional[ctypes.CDLL]:
-    """The C library for spike bit packing, or ``None`` if ``"torch"`` is forced or it cannot be built."""
-    if _chosen_impl() == "torch":
+def c_function(name: str, t: torch.Tensor, dtype: torch.dtype) -> Optional[Any]:
+    """The C function ``srf_{name}_<dtype>`` for the contiguous CPU tensor ``t``, or ``None`` where PyTorch
+    ops must do (another device or dtype, ``use_impl("torch")``, or no compiled library)."""
+    if t.device.type != "cpu" or dtype not in DTYPE_NAMES or not t.is_contiguous() or _chosen_impl() == "torch":
         return None
-    return _get_lib()
+    lib = _get_lib()
+    return None if lib is None else getattr(lib, f"srf_{name}_{DTYPE_NAMES[dtype]}", None)
 
 
 def _impl_for(x: torch.Tensor) -> str:
     """``"c"`` or ``"torch"`` for input ``x``."""
     global _warned
     choice = _chosen_impl()
-    if choice == "torch" or x.device.type != "cpu" or x.dtype not in _DTYPE_NAMES:
+    if choice == "torch" or x.device.type != "cpu" or x.dtype not in DTYPE_NAMES:
         return "torch"
     lib = _get_lib()
     if lib is None:
@@ -246,14 +238,12 @@ def _impl_for(x: torch.Tensor) -> str:
             )
             _warned = True
         return "torch"
-    if not hasattr(lib, f"srf_fwd_{_DTYPE_NAMES[x.dtype]}_lif"):
+    if not hasattr(lib, f"srf_fwd_{DTYPE_NAMES[x.dtype]}_lif"):
         return "torch"
     return "c"
 
 
-# --------------------------------------------------------------------------------------------------
-# Memory layout helpers
-# --------------------------------------------------------------------------------------------------
+# -- memory layout helpers -------------------------------------------------------------------------
 
 
 def _time_major_dense(x: torch.Tensor) -> bool:
@@ -283,37 +273,7 @@ def _like(ref: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# The two implementations
-# --------------------------------------------------------------------------------------------------
-
-
-def _c_forward(x: torch.Tensor, kind: str, coef: float, vth: float, vr: float, store_h: bool):
-    lib = _lib
-    assert lib is not None
-    steps = x.shape[0]
-    n = x.numel() // steps
-    spikes = torch.empty_like(x)
-    h = torch.empty_like(x) if store_h else None
-    getattr(lib, f"srf_fwd_{_DTYPE_NAMES[x.dtype]}_{kind}")(
-        x.data_ptr(), spikes.data_ptr(), h.data_ptr() if h is not None else None,
-        steps, n, coef, vth, vr, torch.get_num_threads(),
-    )
-    return spikes, h
-
-
-def _c_backward(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tensor, kind: str, coef: float,
-                vth: float, vr: float, alpha: float):
-    lib = _lib
-    assert lib is not None
-    steps = h.shape[0]
-    n = h.numel() // steps
-    grad_x = torch.empty_like(h)
-    gk = getattr(lib, f"srf_bwd_{_DTYPE_NAMES[h.dtype]}_{kind}")(
-        h.data_ptr(), x.data_ptr() if x is not None else None, grad.data_ptr(), grad_x.data_ptr(),
-        steps, n, coef, vth, vr, alpha, torch.get_num_threads(),
-    )
-    return grad_x, gk
+# -- the two implementations -----------------------------------------------------------------------
 
 
 def _torch_forward(x: torch.Tensor, kind: str, coef: Any, vth: float, vr: float, store_h: bool):
@@ -378,7 +338,10 @@ def _forward_impl(x: torch.Tensor, w: Optional[torch.Tensor], kind: str, tau: fl
         spikes, h = torch.empty_like(x), (torch.empty_like(x) if store_h else None)
     elif impl == "c":
         xc = x if _time_major_dense(x) else x.contiguous()
-        spikes, h = _c_forward(xc, kind, coef, vth, vr, store_h)
+        spikes, h = torch.empty_like(xc), (torch.empty_like(xc) if store_h else None)
+        getattr(_lib, f"srf_fwd_{DTYPE_NAMES[x.dtype]}_{kind}")(
+            xc.data_ptr(), spikes.data_ptr(), h.data_ptr() if h is not None else None, x.shape[0],
+            x.numel() // x.shape[0], coef, vth, vr, torch.get_num_threads())
         if xc is not x:  # back to the strides the fake implementation promises (empty_like(x))
             spikes = torch.empty_like(x).copy_(spikes)
             h = _like(spikes, h) if h is not None else None
@@ -396,8 +359,11 @@ def _backward_impl(h: torch.Tensor, x: Optional[torch.Tensor], grad: torch.Tenso
         return torch.empty_like(h), torch.zeros((), dtype=torch.float64, device=h.device)
     if impl == "c":
         hc = h if _time_major_dense(h) else h.contiguous()
-        xc = _like(hc, x) if x is not None else None
-        grad_x, gk = _c_backward(hc, xc, _like(hc, grad), kind, coef, vth, vr, alpha)
+        xc, gc = (_like(hc, x) if x is not None else None), _like(hc, grad)  # kept alive during the call
+        grad_x = torch.empty_like(hc)
+        gk = getattr(_lib, f"srf_bwd_{DTYPE_NAMES[h.dtype]}_{kind}")(
+            hc.data_ptr(), xc.data_ptr() if xc is not None else None, gc.data_ptr(), grad_x.data_ptr(),
+            h.shape[0], h.numel() // h.shape[0], coef, vth, vr, alpha, torch.get_num_threads())
         if hc is not h:
             grad_x = torch.empty_like(h).copy_(grad_x)
         return grad_x, torch.tensor(gk, dtype=torch.float64, device=h.device)

@@ -15,6 +15,7 @@ import torch.fx
 from torch import nn
 
 from .backends import backend_from_environment, multistep_neuron
+from .bits import mark_spikes
 
 __all__ = ["MultiStepNeuron", "LIF", "PLIF", "IF", "build_neuron", "run_neuron"]
 
@@ -36,6 +37,8 @@ def run_neuron(x: torch.Tensor, kind: str, tau: float, w: Optional[torch.Tensor]
         low = torch.get_autocast_dtype(device_type)
         if spikes.dtype != low:
             spikes = spikes.to(low)
+    if not torch.compiler.is_compiling():
+        mark_spikes(spikes)  # for a SpikeBits context (the model's set_spike_saving), if one is active
     return spikes
 
 
@@ -69,10 +72,6 @@ class MultiStepNeuron(nn.Module):
 
     def _w(self) -> Optional[torch.Tensor]:
         return None
-
-    def call_args(self) -> tuple:
-        """``(kind, tau, w, v_threshold, v_reset, alpha)``: what the backend operators take after ``x``."""
-        return self.kind, self._tau(), self._w(), self.v_threshold, self.v_reset, self.surrogate_alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_neuron(x, self.kind, self._tau(), self._w(), self.v_threshold, self.v_reset,
