@@ -166,10 +166,15 @@ def _neuron_io(model: torch.nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, D
 
 def _membranes(neuron: sr.neurons.MultiStepNeuron, x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
     """Membrane potential before the threshold at every step (the float64 run's own resets)."""
-    kind, tau, w, v_th, v_reset, _ = neuron.call_args()
+    kind, v_reset = neuron.kind, neuron.v_reset
     v, hs = torch.full_like(x[0], v_reset), []
     for t in range(x.shape[0]):
-        charge = x[t] if kind == "if" else (x[t] - (v - v_reset)) * (1.0 / tau if kind == "lif" else w.sigmoid())
+        if kind == "if":
+            charge = x[t]
+        elif kind == "lif":
+            charge = (x[t] - (v - v_reset)) / neuron.tau
+        else:
+            charge = (x[t] - (v - v_reset)) * neuron.w.detach().to(x.dtype).sigmoid()
         h = v + charge
         hs.append(h)
         v = torch.where(spikes[t] > 0, torch.full_like(h, v_reset), h)
