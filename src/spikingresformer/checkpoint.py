@@ -199,6 +199,17 @@ def load_checkpoint(
     return out
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike,
                  metadata: Optional[Dict[str, str]] = None) -> Path:
     """Write a model's (or a state dict's) weights to ``path`` as ``.safetensors``, atomically.
@@ -208,13 +219,12 @@ def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: Path
     from safetensors.torch import save_file
 
     from .fileio import atomic_write_with
-    from .training.distributed import unwrap
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files; got {path.name!r}")
     if isinstance(model, nn.Module):
-        model = unwrap(model).state_dict()
+        model = _unwrap(model).state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in model.items()}
     meta = {"format": "pt", **(metadata or {})}
     return atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata=meta))
