@@ -33,7 +33,11 @@ __all__ = [
     "WEIGHTS_NAME",
     "ModelSource",
     "NoModelDescription",
+    "build_for_command",
     "build_from_config",
+    "config_from_model",
+    "config_from_recipe",
+    "convert_checkpoint",
     "load_model",
     "make_config",
     "resolve_source",
@@ -359,9 +363,7 @@ def build_for_command(model_name: Optional[str], checkpoint: Optional[PathLike],
     ``overrides`` that are None are left to the checkpoint or the variant. Without a description,
     ``num_classes`` follows the checkpoint's classifier.
     """
-    import timm
-
-    from . import model as _registered  # noqa: F401
+    from . import create_model
 
     if checkpoint is not None:
         try:
@@ -375,7 +377,25 @@ def build_for_command(model_name: Optional[str], checkpoint: Optional[PathLike],
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     if checkpoint is not None and "num_classes" not in kwargs:
         kwargs.update({k: v for k, v in _state_shapes(read_state_dict(checkpoint)).items() if k == "num_classes"})
-    model = timm.create_model(model_name, **kwargs)
+    model = create_model(model_name, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def convert_checkpoint(checkpoint: PathLike, architecture: str, output: PathLike, *, T: Optional[int] = None,
+                       img_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None) -> Path:
+    """Turn an official (or any bare) checkpoint of variant ``architecture`` into a model folder at ``output``.
+
+    Classes and input channels follow the checkpoint; ``T`` and ``img_size`` the variant unless given.
+    """
+    from . import create_model
+
+    state = read_state_dict(checkpoint)
+    shapes = _state_shapes(state)
+    kwargs = {k: v for k, v in dict(shapes, T=T, img_size=img_size).items() if v is not None}
+    model = create_model(architecture, **kwargs)
+    load_checkpoint(model, state)
+    config = config_from_model(model, architecture, class_names=class_names,
+                               extra={"converted_from": Path(checkpoint).name})
+    return save_pretrained(model, output, config)
