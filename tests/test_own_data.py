@@ -140,7 +140,7 @@ def test_augmentation_follows_image_size(tmp_path: Path) -> None:
     assert transforms.RandomCrop in kinds and transforms.RandomHorizontalFlip not in kinds
     large, _ = build_dataset("image-folder", str(root), True, img_size=96)
     assert any("RandomResizedCrop" in type(t).__name__ for t in large.transform.transforms)
-    assert large[0][0].shape == (3, 96, 96)
+    assert large[0][0].shape == (1, 96, 96)  # these images are all grayscale
 
 
 def test_missing_or_mismatched_folders_are_explained(tmp_path: Path) -> None:
