@@ -95,6 +95,17 @@ def test_evaluate_from_run_folder_alone(run_dir: Path, tmp_path: Path) -> None:
     assert metrics["top1"] == best and metrics["eval_samples"] == 9
 
 
+def test_evaluate_and_energy_from_the_weight_file_alone(run_dir: Path, tmp_path: Path, capsys) -> None:
+    # best.safetensors carries the model and its training recipe (data set, data root) in its header
+    alone = tmp_path / "weights.safetensors"
+    alone.write_bytes((run_dir / "best.safetensors").read_bytes())
+    assert main(["evaluate", "--checkpoint", str(alone), "--progress", "false", "--energy", "false",
+                 "--eval-limit", "4"]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["eval_samples"] == 4
+    assert main(["energy", "--checkpoint", str(run_dir), "--no-plots"]) == 0
+    assert "energy [spikingresformer_cifar, T=1" in capsys.readouterr().out
+
+
 def test_export_from_run_folder_alone(run_dir: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
