@@ -71,6 +71,8 @@ def test_save_pretrained_weights_carry_their_description(tmp_path: Path) -> None
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
     assert again.pretrained_cfg["mean"] == [0.5] and again.pretrained_cfg["input_size"] == [1, 8, 8]
+    sr.save_weights(model, tmp_path / "w.safetensors", config=config)  # our save_weights can carry it too
+    assert sr.load_model(tmp_path / "w.safetensors").pretrained_cfg["label_names"] == ["no", "yes"]
 
 
 def test_bad_sources_are_explained(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .checkpoint import (CheckpointError, _unwrap, load_checkpoint, read_checkpoint_file, read_state_dict,
-                         save_weights)
+from .checkpoint import (CONFIG_KEY, CheckpointError, _unwrap, load_checkpoint, read_checkpoint_file,
+                         read_state_dict, save_weights)
 
 __all__ = [
     "CONFIG_NAME",
@@ -48,8 +48,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-#: key of the JSON description in a ``.safetensors`` header
-CONFIG_KEY = "spikingresformer_config"
 #: constructor arguments that are choices of the machine a model runs on, not part of the model
 _RUNTIME_ARGS = ("neuron_backend", "memory_format")
 #: weight files looked for in a folder, in order
@@ -210,7 +208,7 @@ def save_described_weights(path: PathLike, state: Mapping[str, torch.Tensor], me
         return save_weights(dict(state), path, metadata=dict(metadata))
     extra = {k: v for k, v in metadata.items() if k in ("epoch", "top1")}
     config = config_from_recipe(recipe, state, extra={"trained": extra} if extra else None)
-    save_weights(dict(state), path, metadata={**metadata, CONFIG_KEY: json.dumps(config)})
+    save_weights(dict(state), path, metadata=dict(metadata), config=config)
     _write_config(path.parent, config)
     if path.name != WEIGHTS_NAME:
         _link_weights(path, path.parent / WEIGHTS_NAME)
@@ -223,7 +221,7 @@ def save_pretrained(model: Union[nn.Module, Mapping[str, torch.Tensor]], folder:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = _unwrap(model).state_dict() if isinstance(model, nn.Module) else dict(model)
-    save_weights(state, folder / WEIGHTS_NAME, metadata={CONFIG_KEY: json.dumps(config)})
+    save_weights(state, folder / WEIGHTS_NAME, config=config)
     _write_config(folder, config)
     return folder
 
