@@ -20,6 +20,7 @@ EXPECTED = {
     "cifar10dvs": {"dvs_augment", "cifar10dvs_split", "cache_dir"},
     "dvs128gesture": {"dvs_augment", "cache_dir"},
     "digits": {"max_shift"},
+    "image-folder": IMAGE | {"hflip", "padding", "in_chans"},
     "event-digits": {"dvs_augment", "cache_dir", "data_seed", "sensor_size", "digit_size", "max_shift"},
 }
 #: The recipe's generic data keys (the training side passes each one when the recipe changes it).

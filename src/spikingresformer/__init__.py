@@ -1,7 +1,9 @@
 """SpikingResformer: a spiking vision transformer with Dual Spike Self-Attention (CVPR 2024).
 
 Importing the package registers the six published variants with timm, so
-``timm.create_model("spikingresformer_ti")`` and :func:`create_model` are the same call.
+``timm.create_model("spikingresformer_ti")`` and :func:`create_model` are the same call. A trained
+model folder (``config.json`` + ``model.safetensors``) comes back with :func:`load_model` or
+``timm.create_model("local-dir:<folder>", pretrained=True)``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import timm
 from torch import nn
 
 from .checkpoint import CheckpointError, LoadResult, load_checkpoint, read_state_dict, save_weights
+from .hub import load_model, save_pretrained
 from .model import VARIANTS, SpikingResformer, fuse_for_inference
 
 __version__ = "0.1.0"
@@ -25,7 +28,9 @@ __all__ = [
     "fuse_for_inference",
     "list_models",
     "load_checkpoint",
+    "load_model",
     "read_state_dict",
+    "save_pretrained",
     "save_weights",
     "__version__",
 ]

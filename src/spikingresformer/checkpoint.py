@@ -18,6 +18,8 @@ from torch import nn
 __all__ = ["LoadResult", "CheckpointError", "read_checkpoint_file", "read_state_dict", "load_checkpoint", "save_weights"]
 
 PathLike = Union[str, os.PathLike]
+#: key of a model's JSON description (``config.json``'s content) in a ``.safetensors`` header
+CONFIG_KEY = "spikingresformer_config"
 _CONTAINER_KEYS = ("model", "state_dict", "model_ema")
 
 
@@ -199,22 +201,38 @@ def load_checkpoint(
     return out
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike,
-                 metadata: Optional[Dict[str, str]] = None) -> Path:
+                 metadata: Optional[Dict[str, str]] = None, config: Optional[Mapping[str, Any]] = None) -> Path:
     """Write a model's (or a state dict's) weights to ``path`` as ``.safetensors``, atomically.
 
-    ``metadata`` (string to string) is stored in the file's header next to ``format: pt``.
+    ``metadata`` (string to string) is stored in the file's header next to ``format: pt``; so is
+    ``config``, the model's description (see :mod:`spikingresformer.hub`), which lets
+    ``spikingresformer.load_model(path)`` rebuild the model from the file alone.
     """
+    import json
+
     from safetensors.torch import save_file
 
     from .fileio import atomic_write_with
-    from .training.distributed import unwrap
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files; got {path.name!r}")
     if isinstance(model, nn.Module):
-        model = unwrap(model).state_dict()
+        model = _unwrap(model).state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in model.items()}
     meta = {"format": "pt", **(metadata or {})}
+    if config is not None:
+        meta[CONFIG_KEY] = json.dumps(config)
     return atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata=meta))

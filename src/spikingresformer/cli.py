@@ -1,4 +1,4 @@
-"""The ``spikingresformer`` command: ``train``, ``evaluate``, ``energy`` and ``export``.
+"""The ``spikingresformer`` command: ``train``, ``evaluate``, ``energy``, ``export``, ``predict`` and ``convert``.
 
 Examples::
 
@@ -9,6 +9,13 @@ Examples::
     spikingresformer evaluate --model spikingresformer_cifar --checkpoint official.pth -c configs/cifar10.yaml
     spikingresformer energy --model spikingresformer_ti --img-size 224
     spikingresformer export --model spikingresformer_cifar --checkpoint ckpt.pth --format onnx --output m.onnx
+    spikingresformer predict runs/digits-demo digit.png another.png
+    spikingresformer export runs/digits-demo --output digits.onnx
+    spikingresformer evaluate --checkpoint runs/digits-demo
+    spikingresformer convert official.pth --model spikingresformer_s --output models/s
+
+A run folder, a model folder (``config.json`` + ``model.safetensors``) or a weight file that carries
+its description rebuilds its model by itself wherever a checkpoint is taken; flags still override.
 
 Exit codes: 0 success; 2 an expected failure (bad option, bad file, folder in use, disk full,
 divergence), reported in one line; 143 stopped by SIGTERM after saving ``last.pth``.
@@ -48,7 +55,8 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("Evaluate a model on the evaluation split of a data set and write the metrics as JSON. "
                      "Recipe keys (from -c and/or --key value) choose the data and the model.")
     _recipe_parser(p)
-    p.add_argument("--checkpoint", help="weights: official .pth, our checkpoints, or .safetensors")
+    p.add_argument("--checkpoint", help="weights: official .pth, our checkpoints, or .safetensors; a run folder or "
+                   "a described weight file alone also brings its model and data settings (no -c needed)")
     p.add_argument("--json", dest="json_path", help="where to write the metrics (default <output>/eval.json)")
 
 
@@ -65,10 +73,34 @@ def _run_train(args: argparse.Namespace, rest: List[str]) -> int:
     return 0
 
 
+def _described(checkpoint: Optional[str]):
+    """The :class:`~.hub.ModelSource` of a checkpoint that describes its model, else None."""
+    from .hub import NoModelDescription, resolve_source
+
+    if not checkpoint:
+        return None
+    try:
+        return resolve_source(checkpoint)
+    except NoModelDescription:
+        return None
+
+
 def _run_evaluate(args: argparse.Namespace, rest: List[str]) -> int:
     from .training import load_recipe, parse_overrides, run_evaluation
+    from .training.recipe import Recipe
 
-    run_evaluation(load_recipe(args.config, parse_overrides(rest)), args.checkpoint, args.json_path)
+    overrides = parse_overrides(rest)
+    src = _described(args.checkpoint)
+    checkpoint = str(src.weights) if src is not None else args.checkpoint
+    if src is not None and src.recipe is not None and not args.config:
+        # the training recipe that the weights carry, less what only training uses; flags override it
+        base = {k: v for k, v in src.recipe.items() if k in Recipe.__dataclass_fields__
+                and k not in ("resume", "overwrite", "transfer")}
+        base["output"] = str(src.folder)
+        recipe = load_recipe(None, {**base, **overrides})
+    else:
+        recipe = load_recipe(args.config, overrides)
+    run_evaluation(recipe, checkpoint, args.json_path)
     return 0
 
 
@@ -77,7 +109,62 @@ def _run_energy(args: argparse.Namespace, rest: List[str]) -> int:
 
     if rest:
         raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
+    src = _described(args.checkpoint)
+    if src is not None:  # the model (and, with its recipe, the data) come from the checkpoint
+        args.checkpoint = str(src.weights)
+        recipe_file = src.folder / "recipe.yaml"
+        if args.config is None and src.recipe is not None and recipe_file.is_file():
+            args.config = str(recipe_file)
+        elif args.config is None:
+            model_args = src.config.get("model_args", {})
+            args.model = args.model or src.config["architecture"]
+            args.T = args.T or model_args.get("T")
+            if args.img_size is None and args.input_size is None:
+                args.img_size = model_args.get("img_size")
+            args.num_classes = args.num_classes or model_args.get("num_classes")
     return int(run(args) or 0)
+
+
+def _predict_parser(p: argparse.ArgumentParser) -> None:
+    from .predict import add_arguments
+
+    add_arguments(p)
+
+
+def _run_predict(args: argparse.Namespace, rest: List[str]) -> int:
+    from .predict import run
+
+    if rest:
+        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
+    return run(args)
+
+
+def _convert_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Turn an official checkpoint (or any bare state dict) into a model folder: config.json and "
+                     "model.safetensors, loadable with spikingresformer.load_model, timm's local-dir: and hf-hub:.")
+    p.add_argument("checkpoint", help="official .pth / .pth.tar, or a .safetensors state dict")
+    p.add_argument("--model", required=True, help="the variant the weights belong to, e.g. spikingresformer_s")
+    p.add_argument("--output", required=True, help="model folder to write")
+    p.add_argument("--T", type=int, help="time steps (default: the variant's recipe)")
+    p.add_argument("--img-size", type=int, help="input side in pixels (default: the variant's)")
+    p.add_argument("--class-names", help="a text file with one class name per line (index order)")
+
+
+def _run_convert(args: argparse.Namespace, rest: List[str]) -> int:
+    from pathlib import Path
+
+    from .hub import convert_checkpoint
+
+    if rest:
+        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
+    names = None
+    if args.class_names:
+        names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
+    out = convert_checkpoint(args.checkpoint, args.model, args.output, T=args.T, img_size=args.img_size,
+                             class_names=names)
+    print(f"wrote {out}/config.json and {out}/model.safetensors; load with spikingresformer.load_model({str(out)!r}) "
+          f"or timm.create_model('local-dir:{out}', pretrained=True)")
+    return 0
 
 
 def _export_parser(p: argparse.ArgumentParser) -> None:
@@ -100,6 +187,9 @@ COMMANDS: Dict[str, Tuple[str, Command]] = {
     "evaluate": ("evaluate a checkpoint (official ones too)", (_evaluate_parser, _run_evaluate)),
     "energy": ("energy and firing-rate report of a model", (_energy_parser, _run_energy)),
     "export": ("export a model to ONNX or a torch.export archive", (_export_parser, _run_export)),
+    "predict": ("classify image files with a trained model", (_predict_parser, _run_predict)),
+    "convert": ("turn an official checkpoint into a model folder (config.json + model.safetensors)",
+                (_convert_parser, _run_convert)),
 }
 
 

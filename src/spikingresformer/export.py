@@ -161,7 +161,9 @@ def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> Fidelity:
 
 def add_arguments(p) -> None:
     """Arguments of ``spikingresformer export``."""
-    p.add_argument("--model", required=True, help="registered variant, e.g. spikingresformer_cifar")
+    p.add_argument("source", nargs="?", help="a run folder, model folder or weight file that carries its "
+                   "description (config.json); the same as --checkpoint")
+    p.add_argument("--model", help="registered variant, e.g. spikingresformer_cifar (default: the checkpoint's)")
     p.add_argument("--checkpoint", help="weights (official .pth, our checkpoints, .safetensors); none = fresh")
     p.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="ONNX file or torch.export archive")
     p.add_argument("--output", required=True, help="file to write (model.onnx / model.pt2)")
@@ -181,22 +183,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Build the model, load weights, export and (for ONNX) check the file against eager PyTorch."""
-    import spikingresformer as sr
+    from .hub import build_for_command
 
-    kwargs = {}
-    if args.img_size:
-        kwargs["img_size"] = args.img_size
-    if args.T:
-        kwargs["T"] = args.T
-    if args.num_classes:
-        kwargs["num_classes"] = args.num_classes
-    elif args.checkpoint:
-        state = sr.read_state_dict(args.checkpoint)
-        if "classifier.weight" in state:
-            kwargs["num_classes"] = int(state["classifier.weight"].shape[0])
-    model = sr.create_model(args.model, **kwargs)
-    if args.checkpoint:
-        sr.load_checkpoint(model, args.checkpoint)
+    checkpoint = getattr(args, "source", None) or args.checkpoint
+    model = build_for_command(args.model, checkpoint, img_size=args.img_size, T=args.T, num_classes=args.num_classes)
     model.eval()
     events = None if args.events == "auto" else args.events == "yes"
     x = example_input(model, args.batch_size, args.img_size, args.T, events)

@@ -1,7 +1,7 @@
 """Data sets: images, event-camera recordings and offline data, built by name from recipes.
 
 ``build_dataset(name, root, train, **options)`` builds any of: cifar10, cifar100, imagenet,
-cifar10dvs, dvs128gesture, digits, event-digits (see :mod:`.builders` for each one's options, and
+cifar10dvs, dvs128gesture, digits, event-digits, image-folder (see :mod:`.builders` for each one's options, and
 ``docs/data.md`` for the data protocols and the frame cache).
 """
 
@@ -14,8 +14,10 @@ from .dvs128gesture import DVS128Gesture, GESTURE_CLASSES, INDEX_TO_GESTURE_ID, 
 from .errors import DatasetNotFoundError, EventFileError, FrameCacheWarning
 from .event_digits import EventDigits
 from .framing import FRAME_CACHE_ENV, FrameCache, events_to_frames, frames_to_input
+from .image_folder import ImageFolderData, image_transform, open_image
 from .images import CIFAR10, CIFAR100, build_image_transform, imagenet_folder
-from .registry import DatasetInfo, build_dataset, dataset_names, dataset_options, register_dataset
+from .registry import (DatasetInfo, build_dataset, dataset_names, dataset_options, dataset_preprocessing,
+                       register_dataset, register_preprocessing)
 from .saccades import SaccadeDVSConfig, images_to_events
 
 __all__ = [
@@ -36,22 +38,27 @@ __all__ = [
     "FrameCacheWarning",
     "GESTURE_CLASSES",
     "INDEX_TO_GESTURE_ID",
+    "ImageFolderData",
     "RandomShift",
     "SaccadeDVSConfig",
     "build_dataset",
     "build_image_transform",
     "dataset_names",
     "dataset_options",
+    "dataset_preprocessing",
     "events_to_frames",
     "frames_to_input",
     "gesture_index",
+    "image_transform",
     "imagenet_folder",
     "images_to_events",
+    "open_image",
     "read_aedat2_raw",
     "read_aedat31",
     "read_cifar10dvs",
     "read_gesture_labels",
     "register_dataset",
+    "register_preprocessing",
     "write_aedat2",
     "write_aedat31",
 ]

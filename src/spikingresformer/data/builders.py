@@ -10,6 +10,10 @@ is an error (see :func:`~.registry.build_dataset`). Options and defaults:
   cifar10dvs_split ('official' | 'first100' | 'random:<seed>'), cache_dir (None =
   ``$SPIKINGRESFORMER_FRAME_CACHE`` or ``~/.cache/spikingresformer``).
 - ``dvs128gesture``: img_size (None = 128), T (16), augment (True), dvs_augment (False), cache_dir.
+- ``image-folder``: your own ``train/<class>/`` and ``val/<class>/`` images (see :mod:`.image_folder`):
+  img_size (32), augment (True), hflip (True), padding (None = img_size // 8), aa (None), reprob (0.0),
+  interpolation ('bilinear'), crop_pct (None = 1.0 up to 64 px, else 0.95), in_chans (None = 1 when
+  every image is grayscale, else 3), mean / std (None = ImageNet's, or their average for grayscale).
 - ``digits``: img_size (16), augment (True: random shift by up to max_shift px), max_shift (1).
 - ``event-digits``: img_size (None = sensor_size), T (8), augment (True: random shift by up to
   max_shift px, or the DVS augment instead with dvs_augment=True), dvs_augment (False), data_seed (0),
@@ -24,11 +28,12 @@ training seed keeps the data). ``augment`` applies to the training part only.
 from __future__ import annotations
 
 from numbers import Real
+from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
-from .registry import DatasetInfo, register_dataset
+from .registry import DatasetInfo, register_dataset, register_preprocessing
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 
@@ -198,3 +203,144 @@ def _event_digits(root: Optional[str], train: bool, *, img_size: Optional[int] =
     ds = EventDigits(train, T=T, img_size=img_size, sensor_size=sensor_size, digit_size=digit_size,
                      seed=data_seed, transform=tf, cache_dir=cache_dir)
     return ds, DatasetInfo("event-digits", 10, 3, event=True, mixup_ok=False, split=ds.split_name)
+
+
+@register_dataset("image-folder")
+def _image_folder(root: Optional[str], train: bool, *, img_size: int = 32, T: Optional[int] = None,
+                  augment: bool = True, seed: Optional[int] = None, hflip: bool = True, padding: Optional[int] = None,
+                  aa: Optional[str] = None, reprob: float = 0.0, interpolation: str = "bilinear",
+                  crop_pct: Optional[float] = None, in_chans: Optional[int] = None,
+                  mean: Optional[Sequence[float]] = None,
+                  std: Optional[Sequence[float]] = None) -> Tuple[Dataset, DatasetInfo]:
+    """Class folders of your own images; augmentation by image size (CIFAR practice up to 64 px, else ImageNet's)."""
+    from .image_folder import ImageFolderData, detect_in_chans, image_transform
+
+    name = "image-folder"
+    _check_common(name, img_size, augment, img_size_optional=False)
+    _flag(name, "hflip", hflip)
+    _int(name, "padding", padding, 0, optional=True)
+    if in_chans not in (None, 1, 3):
+        _fail(name, "in_chans", in_chans, "1, 3 or null (follow the data)")
+    if aa is not None and not isinstance(aa, str):
+        _fail(name, "aa", aa, "a timm RandAugment string such as 'rand-m9-n1-mstd0.4-inc1', or null")
+    if isinstance(reprob, bool) or not isinstance(reprob, Real) or not 0.0 <= reprob <= 1.0:
+        _fail(name, "reprob", reprob, "a probability in [0, 1]")
+    if interpolation not in _INTERPOLATIONS:
+        _fail(name, "interpolation", interpolation, f"one of {', '.join(_INTERPOLATIONS)}")
+    chans = len(mean) if mean is not None else (in_chans or detect_in_chans(_checked_root(root)))
+    prep = _image_folder_preprocessing(root, dict(img_size=img_size, interpolation=interpolation, crop_pct=crop_pct,
+                                                  mean=mean, std=std), chans)
+    for option in ("mean", "std"):
+        values = prep[option]
+        if len(values) != chans or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+            _fail(name, option, values, f"{chans} numbers, one per channel")
+    if not 0.0 < prep["crop_pct"] <= 1.0:
+        _fail(name, "crop_pct", crop_pct, "a fraction in (0, 1]")
+    tf = image_transform(img_size, bool(train and augment), in_chans=chans, mean=prep["mean"], std=prep["std"],
+                         hflip=hflip, aa=aa, reprob=reprob, interpolation=interpolation,
+                         crop_pct=prep["crop_pct"], padding=padding)
+    ds = ImageFolderData(root, train, chans, transform=tf)  # type: ignore[arg-type]
+    return ds, DatasetInfo(name, len(ds.classes), chans, event=False, mixup_ok=True, split="train/ and val/ folders",
+                           class_names=tuple(ds.classes))
+
+
+def _checked_root(root: Optional[str]) -> str:
+    from .image_folder import _check_layout
+
+    return str(_check_layout(root))
+
+
+@register_preprocessing("image-folder")
+def _image_folder_preprocessing(root: Optional[str], options: dict, in_chans: Optional[int]) -> dict:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from .image_folder import GRAY_MEAN, GRAY_STD, SMALL_IMAGE_MAX, folder_classes
+
+    gray = in_chans == 1
+    img_size = options.get("img_size", 32)
+    crop = options.get("crop_pct")
+    names = None
+    if root is not None and (Path(root) / "train").is_dir():
+        names = folder_classes(root)
+    return {
+        "mean": tuple(options.get("mean") or (GRAY_MEAN if gray else IMAGENET_DEFAULT_MEAN)),
+        "std": tuple(options.get("std") or (GRAY_STD if gray else IMAGENET_DEFAULT_STD)),
+        "interpolation": options.get("interpolation", "bilinear"),
+        "crop_pct": crop if crop is not None else (1.0 if img_size <= SMALL_IMAGE_MAX else 0.95),
+        "input_kind": "images",
+        "class_names": names,
+    }
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _image_preprocessing(mean: Sequence[float], std: Sequence[float], crop_pct: float, names: Optional[Sequence[str]],
+                         options: dict, interpolation: str = "bicubic") -> dict:
+    return {"mean": tuple(options.get("mean") or mean), "std": tuple(options.get("std") or std),
+            "interpolation": options.get("interpolation", interpolation),
+            "crop_pct": options.get("crop_pct") or crop_pct, "input_kind": "images",
+            "class_names": list(names) if names is not None else None}
+
+
+@register_preprocessing("cifar10")
+def _cifar10_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    from .images import CIFAR10_MEAN, CIFAR10_STD
+
+    return _image_preprocessing(CIFAR10_MEAN, CIFAR10_STD, 1.0, CIFAR10_CLASSES, options)
+
+
+@register_preprocessing("cifar100")
+def _cifar100_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    from .images import CIFAR100_MEAN, CIFAR100_STD
+
+    names = None
+    meta = Path(root or "") / "cifar-100-python" / "meta"
+    if root is not None and meta.is_file():
+        import pickle
+
+        with open(meta, "rb") as f:
+            names = pickle.load(f, encoding="latin1").get("fine_label_names")
+    return _image_preprocessing(CIFAR100_MEAN, CIFAR100_STD, 1.0, names, options)
+
+
+@register_preprocessing("imagenet")
+def _imagenet_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from .image_folder import folder_classes
+
+    names = folder_classes(root) if root is not None and (Path(root) / "train").is_dir() else None
+    return _image_preprocessing(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.95, names, options)
+
+
+@register_preprocessing("digits")
+def _digits_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    from .digits import DIGITS_MEAN, DIGITS_STD
+
+    return {"mean": (DIGITS_MEAN,), "std": (DIGITS_STD,), "interpolation": "bilinear", "crop_pct": 1.0,
+            "input_kind": "images", "class_names": [str(i) for i in range(10)]}
+
+
+def _event_preprocessing(names: Sequence[str]) -> dict:
+    return {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "interpolation": "bilinear", "crop_pct": 1.0,
+            "input_kind": "events", "class_names": list(names)}
+
+
+@register_preprocessing("cifar10dvs")
+def _cifar10dvs_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    from .cifar10dvs import CIFAR10DVS_CLASSES
+
+    return _event_preprocessing(CIFAR10DVS_CLASSES)
+
+
+@register_preprocessing("dvs128gesture")
+def _dvs128gesture_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    from .dvs128gesture import GESTURE_CLASSES
+
+    return _event_preprocessing(GESTURE_CLASSES)
+
+
+@register_preprocessing("event-digits")
+def _event_digits_preprocessing(root: Optional[str], options: dict, in_chans: int) -> dict:
+    return _event_preprocessing([str(i) for i in range(10)])

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+import os
+from pathlib import Path
+from typing import Tuple, Union
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .augment import RandomShift
 
-__all__ = ["Digits", "load_digits_split", "DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION"]
+__all__ = ["Digits", "load_digits_split", "write_digits_folder", "DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION"]
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -64,3 +66,21 @@ class Digits(Dataset):
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         x = self.images[i]
         return (self.transform(x) if self.transform is not None else x), int(self.labels[i])
+
+
+def write_digits_folder(root: Union[str, os.PathLike], img_size: int = 28) -> Path:
+    """Write the fixed split as grayscale PNGs, ``root/{train,val}/<digit>/<n>.png``, upscaled to ``img_size`` px.
+
+    An ``image-folder`` data set that anyone can make offline (bilinear upscaling of the 8x8 originals).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    for part, train in (("train", True), ("val", False)):
+        images, labels = load_digits_split(train)
+        for n, (img, label) in enumerate(zip(images, labels)):
+            folder = root / part / str(int(label))
+            folder.mkdir(parents=True, exist_ok=True)
+            pil = Image.fromarray(np.round(img * 255).astype(np.uint8), "L")
+            pil.resize((img_size, img_size), Image.Resampling.BILINEAR).save(folder / f"{n:04d}.png")
+    return root

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 __all__ = ["DatasetNotFoundError", "EventFileError", "FrameCacheWarning"]
 
@@ -11,7 +11,8 @@ __all__ = ["DatasetNotFoundError", "EventFileError", "FrameCacheWarning"]
 class DatasetNotFoundError(FileNotFoundError):
     """A data folder is missing or incomplete; the message shows the expected layout and the source."""
 
-    def __init__(self, dataset: str, root: Union[str, os.PathLike, None], problem: str, layout: str, source: str):
+    def __init__(self, dataset: str, root: Union[str, os.PathLike, None], problem: str, layout: str,
+                 source: Optional[str] = None):
         self.dataset = dataset
         self.root = None if root is None else str(root)
         self.problem = problem
@@ -20,8 +21,9 @@ class DatasetNotFoundError(FileNotFoundError):
             f"  root given: {self.root!r}\n"
             f"  expected layout:\n"
             + "".join(f"    {line}\n" for line in layout.strip("\n").splitlines())
-            + f"  the data set is published at {source} (it cannot be downloaded automatically here; "
-            f"download and extract it, then point the recipe's data_root at the folder above)"
+            + (f"  the data set is published at {source} (it cannot be downloaded automatically here; "
+               f"download and extract it, then point the recipe's data_root at the folder above)" if source else
+               "  (point the recipe's data_root at the folder above)")
         )
         super().__init__(message)
 

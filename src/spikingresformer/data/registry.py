@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.utils.data import Dataset
 
-__all__ = ["DatasetInfo", "build_dataset", "register_dataset", "dataset_names", "dataset_options"]
+__all__ = ["DatasetInfo", "build_dataset", "register_dataset", "dataset_names", "dataset_options",
+           "register_preprocessing", "dataset_preprocessing"]
 
 #: Options every builder accepts (some ignore a few of them; the builders' docstrings say which).
 COMMON_OPTIONS = ("img_size", "T", "augment", "seed")
@@ -29,11 +30,15 @@ class DatasetInfo:
     event: bool  # samples are [T, C, H, W] event frames rather than [C, H, W] images
     mixup_ok: bool = True  # whether the recipe's mixup/cutmix applies (image data only)
     split: Optional[str] = None  # which train/test split the samples come from (recorded with results)
+    class_names: Optional[Tuple[str, ...]] = None  # name of each class index, where the data set knows them
 
 
 Builder = Callable[..., Tuple[Dataset, DatasetInfo]]
 _DATASETS: Dict[str, Builder] = {}
 _OPTIONS: Dict[str, Tuple[str, ...]] = {}
+#: name -> fn(root, options, in_chans) -> the preprocessing a model trained on the data set needs
+Describer = Callable[[Optional[str], Dict[str, Any], int], Dict[str, Any]]
+_PREPROCESSING: Dict[str, Describer] = {}
 
 
 def register_dataset(name: str) -> Callable[[Builder], Builder]:
@@ -88,3 +93,27 @@ def build_dataset(name: str, root: Optional[str], train: bool, **options: Any) -
             f"it accepts {', '.join(sorted(_OPTIONS[name]))}"
         )
     return _DATASETS[name](root, train, **options)
+
+
+def register_preprocessing(name: str) -> Callable[[Describer], Describer]:
+    """Decorator: ``fn(root, options, in_chans) -> dict`` says how data set ``name`` prepares its evaluation images.
+
+    The dict holds ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``input_kind`` (``images`` or
+    ``events``) and ``class_names`` (a list, or None when unknown). It must be cheap (no image is
+    decoded): it runs whenever a trained model's description (``config.json``) is written.
+    """
+
+    def wrap(fn: Describer) -> Describer:
+        _PREPROCESSING[name] = fn
+        return fn
+
+    return wrap
+
+
+def dataset_preprocessing(name: str, root: Optional[str], options: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
+    """What :func:`register_preprocessing` registered for ``name``, for a model with ``in_chans`` input channels."""
+    _check_name(name)
+    if name not in _PREPROCESSING:
+        return {"mean": None, "std": None, "interpolation": "bicubic", "crop_pct": 1.0, "input_kind": "images",
+                "class_names": None}
+    return _PREPROCESSING[name](root, dict(options), in_chans)

@@ -15,7 +15,6 @@ options describe the measurement (which batches, which constants), which no reci
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -144,10 +143,16 @@ def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> T
 
     if h != w:
         raise ValueError("dataset input needs a square size (--img-size)")
-    options = dataclasses.asdict(recipe) if recipe is not None else {}  # type: ignore[call-overload]
-    options.update(img_size=h, T=T, augment=False, dvs_augment=False)
-    for key in ("model", "dataset", "data_root"):
-        options.pop(key, None)
+    from ..data import dataset_options
+
+    options: dict = {}
+    if recipe is not None:  # the recipe's data settings, as training passes them to the data set
+        from ..training.builders import data_options
+
+        options = data_options(recipe)  # type: ignore[arg-type]
+    options.update(img_size=h, T=T, augment=False)
+    if "dvs_augment" in dataset_options(args.data):
+        options["dvs_augment"] = False
     dataset, info = build_dataset(args.data, args.data_root, train=False, **options)
     opts["in_chans"] = info.in_chans
     opts.setdefault("num_classes", info.num_classes)

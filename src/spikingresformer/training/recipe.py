@@ -41,8 +41,8 @@ class Recipe:
     neuron_backend: Optional[str] = _k(None, "force a neuron backend (null = automatic)")
     transfer: Optional[str] = _k(None, "checkpoint to start from, loading every weight but the classifier")
     # data
-    dataset: str = _k("cifar10", "cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | digits | event-digits")
-    data_root: Optional[str] = _k(None, "data set folder (not needed for digits / event-digits)")
+    dataset: str = _k("cifar10", "cifar10 | cifar100 | imagenet | cifar10dvs | dvs128gesture | digits | event-digits | image-folder")
+    data_root: Optional[str] = _k(None, "data set folder (not needed for digits / event-digits; image-folder: train/<class>/ and val/<class>/)")
     data_args: Dict[str, Any] = _k({}, "options of one data set, e.g. {data_seed: 3, sensor_size: 16} for event-digits")
     cifar10dvs_split: str = _k("official", "CIFAR10-DVS split: official | first100 | random:<seed>")
     cache_dir: Optional[str] = _k(None, "where event frames are cached (null = $SPIKINGRESFORMER_FRAME_CACHE or ~/.cache/spikingresformer)")

@@ -45,7 +45,7 @@ __all__ = [
 #: Files that make a folder hold a run (a fresh start there must be asked for explicitly).
 RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "metrics.jsonl")
 #: Everything a run writes (what ``overwrite`` removes before a fresh start).
-_OWN_FILES = RUN_FILES + ("recipe.yaml", "log.txt", "energy.json", "tensorboard")
+_OWN_FILES = RUN_FILES + ("recipe.yaml", "log.txt", "energy.json", "tensorboard", "config.json", "model.safetensors")
 
 
 def checkpoint_bytes(obj: Dict[str, Any]) -> bytes:
@@ -256,13 +256,14 @@ class RunFolder:
             write_file(self.path / "last.pth", data)
         if best:
             write_file(self.path / "best.pth", data)
-            self._export_best(ckpt["model"], best_meta)
+            self._export_best(ckpt["model"], best_meta, ckpt.get("recipe"))
 
-    def _export_best(self, state: Dict[str, torch.Tensor], meta: Dict[str, str]) -> None:
-        from ..checkpoint import save_weights
+    def _export_best(self, state: Dict[str, torch.Tensor], meta: Dict[str, str],
+                     recipe: Optional[Dict[str, Any]] = None) -> None:
+        from ..hub import save_described_weights
 
-        try:
-            save_weights(state, self.path / "best.safetensors", metadata=meta)
+        try:  # with the recipe: also config.json and model.safetensors, the model folder of the best epoch
+            save_described_weights(self.path / "best.safetensors", state, meta, recipe)
         except OSError as e:
             raise RunError(f"could not write {self.path / 'best.safetensors'}: {e.strerror or e}") from None
 
@@ -285,10 +286,10 @@ class RunFolder:
                 f"writing last.pth and best.pth); rebuilt it from last.pth")
             write_file(best, (self.path / "last.pth").read_bytes())
         sft = self.path / "best.safetensors"
-        if _safetensors_epoch(sft) != best_epoch:
-            log(f"repair: best.safetensors did not hold epoch {best_epoch}; rewritten from best.pth")
+        if _safetensors_epoch(sft) != best_epoch or _safetensors_epoch(self.path / "model.safetensors") != best_epoch:
+            log(f"repair: best.safetensors / model.safetensors did not hold epoch {best_epoch}; rewritten from best.pth")
             self._export_best(load_training_checkpoint(best)["model"],
-                              {"epoch": str(best_epoch), "top1": str(ckpt.get("max_acc1"))})
+                              {"epoch": str(best_epoch), "top1": str(ckpt.get("max_acc1"))}, ckpt.get("recipe"))
 
     def _repair_metrics(self, epoch: int, log: Callable[[str], None]) -> None:
         path = self.path / "metrics.jsonl"
