@@ -194,7 +194,10 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_exactly(tmp_path, capsys, 
             return len(self.loader)
 
         def __iter__(self):
-            for i, batch in enumerate(self.loader):
+            return self._batches(iter(self.loader))  # the loader starts now, as a plain one would
+
+        def _batches(self, batches):
+            for i, batch in enumerate(batches):
                 if i == 1:
                     os.kill(os.getpid(), signal.SIGTERM)
                 yield batch

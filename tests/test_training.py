@@ -160,7 +160,8 @@ def test_tet_loss_is_what_tet_computes_and_clipping_bounds_the_step(tmp_path):
     from torch.utils.data import DataLoader
 
     from spikingresformer.training import engine
-    from spikingresformer.training.builders import build_criterion, build_data, build_model
+    from spikingresformer.training.builders import build_data, build_model
+    from spikingresformer.training.optim import build_criterion
     from spikingresformer.training.distributed import DistInfo
 
     recipe = _recipe(tmp_path, train_limit=16, augment=False)

@@ -114,7 +114,7 @@ def train_loader(recipe: "Recipe", dist: DistInfo, train_ds: Dataset) -> DataLoa
     """Shuffled training loader of full batches; ``loader.sampler`` is its :class:`EpochSampler`.
 
     Workers are started afresh each epoch, so their random streams come from the epoch's seed
-    (see :func:`.engine.seed_epoch`) and a run resumed at an epoch boundary draws what it would have.
+    (see :func:`.engine.seed_streams`) and a run resumed at an epoch boundary draws what it would have.
     """
     if len(train_ds) < recipe.batch_size * dist.world_size:  # type: ignore[arg-type]
         raise RecipeError(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .recipe import Recipe
     from .run_state import RunFolder
 
-__all__ = ["Progress", "Run", "StopFlag", "autocast_context", "evaluate", "progress_bar", "seed_epoch", "tet_loss",
+__all__ = ["Progress", "Run", "StopFlag", "autocast_context", "evaluate", "progress_bar", "seed_streams", "tet_loss",
            "train_one_epoch"]
 
 #: Steps between device synchronisations when ``log_interval`` is 0 (no step log lines).
@@ -74,14 +74,16 @@ class Progress:
     samples: int = 0
 
 
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed Python's, NumPy's and torch's generators from (seed, epoch, rank) before an epoch starts.
+def seed_streams(seed: int, rank: int, epoch: int, *step: int) -> None:
+    """Seed Python's, NumPy's and torch's generators from (seed, rank, epoch[, step]).
 
-    Every random draw of an epoch (augmentation, mixup, data-loading workers, which take their
-    seeds from torch's generator when the epoch's loader starts) then follows from these three
-    numbers, so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
+    :func:`train_one_epoch` seeds them when an epoch's loader starts (data-loading workers take
+    their seeds from torch's generator then) and again before each step's batch is fetched, so
+    every random draw (augmentation, mixup) follows from these numbers: a run resumed at an epoch
+    boundary continues exactly as an uninterrupted one, and with ``workers: 0`` so does a run
+    resumed inside an epoch. No random state needs to be saved.
     """
-    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    state = np.random.SeedSequence([seed, rank, epoch, *step]).generate_state(2)
     value = int(state[0]) << 32 | int(state[1])
     random.seed(value)
     np.random.seed(int(state[0]))
@@ -119,7 +121,7 @@ def train_one_epoch(run: Run, epoch: int, start: Optional[Progress] = None) -> T
     """Train for one pass over ``run.train_loader``; return the mean loss and throughput over all ranks.
 
     ``start`` continues an epoch that was stopped part-way (the caller's sampler then leaves out its
-    first ``start.step`` steps). When ``run.stop.requested`` turns true (on any rank, under
+    first ``start.step`` steps). The random streams are seeded here (see :func:`seed_streams`). When ``run.stop.requested`` turns true (on any rank, under
     ``torchrun`` noticed at the next synchronisation), the epoch ends after the current step and
     the second result says how far it got; otherwise it is None.
     """
@@ -134,8 +136,12 @@ def train_one_epoch(run: Run, epoch: int, start: Optional[Progress] = None) -> T
     samples = start.samples
     first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=dist.device)  # step, loss
     t0 = time.perf_counter()
+    seed_streams(recipe.seed, dist.rank, epoch)  # the data-loading workers' seeds, drawn as the loader starts
     bar = progress_bar(run.train_loader, num_batches, f"epoch {epoch}", recipe.progress and dist.is_main)
-    for step, (images, target) in enumerate(bar, start=start.step):
+    batches = iter(bar)
+    for step in range(start.step, end):
+        seed_streams(recipe.seed, dist.rank, epoch, step)  # this step's augmentation (workers: 0) and mixup
+        images, target = next(batches)
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
         if run.mixup is not None:

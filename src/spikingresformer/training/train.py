@@ -27,7 +27,7 @@ from .. import load_checkpoint, read_state_dict
 from ..checkpoint import CheckpointError
 from .builders import build_data, build_model, eval_loader, train_loader
 from .distributed import DistInfo, cleanup_distributed, join_process_group, process_info, unwrap
-from .engine import Progress, Run, StopFlag, evaluate, seed_epoch, train_one_epoch
+from .engine import Progress, Run, StopFlag, evaluate, train_one_epoch
 from .errors import DivergedError, RecipeError, RunError, RunInterrupted
 from .evaluate import energy_summary
 from .optim import amp_dtype, build_criterion, build_mixup, build_optimizer, build_scaler, build_scheduler
@@ -200,7 +200,6 @@ def _fit(run: Run, state: _State, split: Optional[str]) -> Dict[str, Any]:
     try:
         for epoch in range(state.epoch, recipe.epochs):
             start = state.partial if epoch == state.epoch else None
-            seed_epoch(recipe.seed, epoch, dist.rank)
             run.train_loader.sampler.start_epoch(epoch, start.step if start else 0)  # type: ignore[attr-defined]
             lr = run.optimizer.param_groups[0]["lr"]
             metrics, stopped = train_one_epoch(run, epoch, start)
@@ -268,14 +267,14 @@ def _finite_weights(model: nn.Module) -> bool:
 def _checkpoint(run: Run, state: _State, epoch: int, partial: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The full training state after ``epoch`` (plus progress into the next one, when stopped there).
 
-    No random state is saved: each epoch's random streams are seeded from (seed, epoch, rank).
+    No random state is saved: the random streams are seeded from (seed, rank, epoch, step).
     """
     model = unwrap(run.model)
     ckpt = {
         "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
         "epoch": epoch, "max_acc1": state.best_acc1, "best_epoch": state.best_epoch,
-        "rng": {"seed": run.recipe.seed, "streams": "seeded per epoch from (seed, epoch, rank)"},
+        "rng": {"seed": run.recipe.seed, "streams": "seeded from (seed, rank, epoch, step)"},
         "rate_flags": rate_flags(model), "recipe": run.recipe.to_dict(),
     }
     if partial is not None:
