@@ -87,7 +87,10 @@ def seed_streams(seed: int, rank: int, epoch: int, *step: int) -> None:
     value = int(state[0]) << 32 | int(state[1])
     random.seed(value)
     np.random.seed(int(state[0]))
-    torch.manual_seed(value)
+    if step:  # per step: the CPU generator that data augmentation draws from (about 1 us, not 130)
+        torch.default_generator.manual_seed(value)
+    else:
+        torch.manual_seed(value)  # every device's generator
 
 
 def tet_loss(
