@@ -44,7 +44,7 @@ class _Raises(Dataset):
 
 @pytest.mark.parametrize("error", [
     EventFileError("/data/rec5.aedat", "header ends after 3 bytes"),
-    DatasetNotFoundError("CIFAR10", "/nowhere", "folder '/nowhere' does not exist", "cifar-10-batches-py/", "https://x"),
+    DatasetNotFoundError("CIFAR10", "/nowhere", "folder '/nowhere' does not exist", "cifar-10-batches-py/", "http://x"),
     DataOptionError("event-digits: digit_size 20 does not fit on the 16 px sensor"),
 ])
 def test_data_errors_keep_type_and_message_through_a_loader_worker(error):

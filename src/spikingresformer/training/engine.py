@@ -120,13 +120,15 @@ def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5 if tty else 30.0)
 
 
-def train_one_epoch(run: Run, epoch: int, start: Optional[Progress] = None) -> Tuple[Dict[str, Any], Optional[Progress]]:
+def train_one_epoch(run: Run, epoch: int,
+                    start: Optional[Progress] = None) -> Tuple[Dict[str, Any], Optional[Progress]]:
     """Train for one pass over ``run.train_loader``; return the mean loss and throughput over all ranks.
 
-    ``start`` continues an epoch that was stopped part-way (the caller's sampler then leaves out its
-    first ``start.step`` steps). The random streams are seeded here (see :func:`seed_streams`). When ``run.stop.requested`` turns true (on any rank, under
-    ``torchrun`` noticed at the next synchronisation), the epoch ends after the current step and
-    the second result says how far it got; otherwise it is None.
+    ``start`` continues an epoch that was stopped part-way (the caller's sampler then leaves out
+    its first ``start.step`` steps). The random streams are seeded here (:func:`seed_streams`).
+    When ``run.stop.requested`` turns true (on any rank; under ``torchrun`` noticed at the next
+    synchronisation), the epoch ends after the current step and the second result says how far
+    it got; otherwise it is None.
     """
     recipe, dist, net = run.recipe, run.dist, run.net
     assert net is not None
@@ -227,7 +229,8 @@ def evaluate(model: nn.Module, loader: Iterable, dist: DistInfo, amp_dtype: Opti
     sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss, top-1 hits, top-5 hits
     count = 0
     start = time.perf_counter()
-    for images, target in progress_bar(loader, len(loader), "eval", progress and dist.is_main):  # type: ignore[arg-type]
+    batches = progress_bar(loader, len(loader), "eval", progress and dist.is_main)  # type: ignore[arg-type]
+    for images, target in batches:
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
         with autocast_context(dist.device, amp_dtype):

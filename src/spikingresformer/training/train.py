@@ -26,7 +26,7 @@ from torch import nn
 from .. import load_checkpoint, read_state_dict
 from ..checkpoint import CheckpointError
 from .builders import build_data, build_model, eval_loader, train_loader
-from .distributed import DistInfo, cleanup_distributed, join_process_group, process_info, unwrap
+from .distributed import DistInfo, cleanup_distributed, join_process_group, process_info
 from .engine import Progress, Run, StopFlag, evaluate, train_one_epoch
 from .errors import DivergedError, RecipeError, RunError, RunInterrupted
 from .evaluate import energy_summary
@@ -76,6 +76,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         torch.manual_seed(recipe.seed + dist.rank)  # the model's initial weights
         train_ds, info = build_data(recipe, train=True)
         eval_ds, _ = build_data(recipe, train=False)
+        train_batches, eval_batches = train_loader(recipe, dist, train_ds), eval_loader(recipe, dist, eval_ds)
 
         # 4. model
         model = build_model(recipe, info, dist)
@@ -84,15 +85,14 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             log(f"transfer: loaded {len(transfer) - len(res.skipped_keys)} tensors from {recipe.transfer} "
                 f"(classifier left out: {res.skipped_keys})")
 
-        # 5. optimizer, schedule, loss
+        # 5. optimizer, schedule, loss, mixed precision: the run's context
         optimizer = build_optimizer(recipe, model)
-        scheduler = build_scheduler(recipe, optimizer)
+        mixup = build_mixup(recipe, info, model.num_classes)
         dtype = amp_dtype(recipe, dist.device)
-        mixup = build_mixup(recipe, info, unwrap(model).num_classes)
-        run = Run(recipe=recipe, dist=dist, model=model, optimizer=optimizer, criterion=build_criterion(recipe, mixup is not None),
-                  train_loader=train_loader(recipe, dist, train_ds), eval_loader=eval_loader(recipe, dist, eval_ds),
-                  scheduler=scheduler, scaler=build_scaler(dtype), mixup=mixup, amp_dtype=dtype, folder=folder,
-                  log=log, net=_wrap_model(model, recipe, dist))
+        run = Run(recipe=recipe, dist=dist, model=model, net=_wrap_model(model, recipe, dist), optimizer=optimizer,
+                  scheduler=build_scheduler(recipe, optimizer), criterion=build_criterion(recipe, mixup is not None),
+                  mixup=mixup, amp_dtype=dtype, scaler=build_scaler(dtype), train_loader=train_batches,
+                  eval_loader=eval_batches, folder=folder, log=log)
 
         # 6. the resumed state
         state = _restore(run, resumed, resume) if resumed is not None and resume is not None else _State()
@@ -252,10 +252,10 @@ def _report(run: Run, state: _State, final: Dict[str, Any], eval_ds: Any, took: 
         if held != state.best_epoch:
             raise RunError(f"{folder.path / 'best.pth'} holds epoch {held}, not the best epoch {state.best_epoch}; "
                            f"run again with --resume auto to repair it")
-        run.log(f"training took {took:.1f} s; best top-1 {state.best_acc1:.2f}% at epoch {state.best_epoch}; weights in "
-                f"{folder.path / 'best.safetensors'}, checkpoints in {folder.path}")
+        run.log(f"training took {took:.1f} s; best top-1 {state.best_acc1:.2f}% at epoch {state.best_epoch}; "
+                f"weights in {folder.path / 'best.safetensors'}, checkpoints in {folder.path}")
     if run.recipe.energy and dist.is_main and final:
-        energy_summary(unwrap(run.model), eval_ds, dist.device, folder.path, run.log)
+        energy_summary(run.model, eval_ds, dist.device, folder.path, run.log)
     return dict(final, params=_n_params(run.model), output=str(folder.path))
 
 
@@ -269,7 +269,7 @@ def _checkpoint(run: Run, state: _State, epoch: int, partial: Optional[Dict[str,
 
     No random state is saved: the random streams are seeded from (seed, rank, epoch, step).
     """
-    model = unwrap(run.model)
+    model = run.model
     ckpt = {
         "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
