@@ -8,6 +8,7 @@ on one thread, so forked and in-process runs compute the same bits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -193,13 +194,18 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_exactly(tmp_path, capsys, 
             return len(self.loader)
 
         def __iter__(self):
-            for i, batch in enumerate(self.loader):
+            return self._batches(iter(self.loader))  # the loader starts now, as a plain one would
+
+        def _batches(self, batches):
+            for i, batch in enumerate(batches):
                 if i == 1:
                     os.kill(os.getpid(), signal.SIGTERM)
                 yield batch
 
-    def wrapped(model, loader, *args, **kwargs):
-        return original(model, SignalAtSecondBatch(loader) if kwargs["epoch"] == 1 else loader, *args, **kwargs)
+    def wrapped(run, epoch, *args, **kwargs):
+        if epoch == 1:
+            run = dataclasses.replace(run, train_loader=SignalAtSecondBatch(run.train_loader))
+        return original(run, epoch, *args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", wrapped)
     handler = signal.getsignal(signal.SIGTERM)

@@ -97,10 +97,14 @@ def test_data_options_pass_only_changed_generic_keys_and_data_args():
 
     base = data_options(load_recipe(None, {"dataset": "event-digits"}))
     assert set(base) == {"img_size", "T", "augment", "seed"}
-    r = load_recipe(None, {"dataset": "event-digits", "reprob": "0.25", "mean": "[0.5]", "cache_dir": "/tmp/c",
+    r = load_recipe(None, {"dataset": "event-digits", "cache_dir": "/tmp/c",
                            "data_args": "{data_seed: 3, sensor_size: 16}"})
     opts = data_options(r)
-    assert opts == {**base, "reprob": 0.25, "mean": (0.5,), "cache_dir": "/tmp/c", "data_seed": 3, "sensor_size": 16}
+    assert opts == {**base, "cache_dir": "/tmp/c", "data_seed": 3, "sensor_size": 16}
+    r = load_recipe(None, {"dataset": "cifar10", "reprob": "0.25", "mean": "[0.5, 0.5, 0.5]"})
+    assert data_options(r) == {**base, "reprob": 0.25, "mean": (0.5, 0.5, 0.5)}
+    with pytest.raises(RecipeError, match="'event-digits' cannot use the option\\(s\\) mean, reprob"):
+        load_recipe(None, {"dataset": "event-digits", "reprob": "0.25", "mean": "[0.5]"})
     with pytest.raises(RecipeError, match=r"data_args may not set \['T'\]"):
         data_options(load_recipe(None, {"data_args": "{T: 3}"}))
 

@@ -134,9 +134,9 @@ def test_transfer_loads_all_but_classifier(tmp_path, monkeypatch):
     seen = {}
     original = train_mod.train_one_epoch
 
-    def snapshot(model, *args, **kwargs):  # the weights the first epoch starts from
-        seen.setdefault("start", {k: v.clone() for k, v in train_mod.unwrap(model).state_dict().items()})
-        return original(model, *args, **kwargs)
+    def snapshot(run, *args, **kwargs):  # the weights the first epoch starts from
+        seen.setdefault("start", {k: v.clone() for k, v in run.model.state_dict().items()})
+        return original(run, *args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", snapshot)
     # same class count, so a transfer that wrongly loaded the head would succeed silently
@@ -160,7 +160,8 @@ def test_tet_loss_is_what_tet_computes_and_clipping_bounds_the_step(tmp_path):
     from torch.utils.data import DataLoader
 
     from spikingresformer.training import engine
-    from spikingresformer.training.builders import build_criterion, build_data, build_model
+    from spikingresformer.training.builders import build_data, build_model
+    from spikingresformer.training.optim import build_criterion
     from spikingresformer.training.distributed import DistInfo
 
     recipe = _recipe(tmp_path, train_limit=16, augment=False)
@@ -180,8 +181,11 @@ def test_tet_loss_is_what_tet_computes_and_clipping_bounds_the_step(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     clip, lr = 1e-4, 1.0
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    out = engine.train_one_epoch(model, [(images, target)], 1, opt, crit, DistInfo(), epoch=0, tet=True,
-                                 tet_lambda=lam, tet_phi=phi, clip_grad=clip, progress=False, log_interval=0)
+    tet = _recipe(tmp_path, train_limit=16, augment=False, tet=True, tet_lambda=lam, tet_phi=phi, clip_grad=clip)
+    run = engine.Run(recipe=tet, dist=DistInfo(), model=model, optimizer=opt, criterion=crit,
+                     train_loader=[(images, target)])
+    out, stopped = engine.train_one_epoch(run, epoch=0)
+    assert stopped is None
     assert out["train_loss"] == pytest.approx(by_hand.item(), rel=1e-5)
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert 0 < moved.item() <= clip * lr * 1.001  # SGD step of a gradient clipped to norm `clip`

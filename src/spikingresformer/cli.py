@@ -17,8 +17,9 @@ Examples::
 A run folder, a model folder (``config.json`` + ``model.safetensors``) or a weight file that carries
 its description rebuilds its model by itself wherever a checkpoint is taken; flags still override.
 
-Exit codes: 0 success; 2 an expected failure (bad option, bad file, folder in use, disk full,
-divergence), reported in one line; 143 stopped by SIGTERM after saving ``last.pth``.
+Exit codes: 0 success; 1 a bug (its traceback is shown); 2 an expected failure (bad recipe, data set
+not found, damaged event file or checkpoint, folder in use, disk full, divergence: the types in
+``training.errors.EXPECTED_ERRORS``), reported in one line; 143 stopped by SIGTERM after saving ``last.pth``.
 """
 
 from __future__ import annotations
@@ -197,28 +198,6 @@ class _UsageError(Exception):
     pass
 
 
-def _expected_message(e: BaseException) -> Optional[str]:
-    """One line for a failure the user can act on, or None for a bug (which keeps its traceback)."""
-    from .checkpoint import CheckpointError
-    from .data.errors import EventFileError
-    from .training.errors import RunError
-    from .training.recipe import RecipeError
-
-    if isinstance(e, (RecipeError, CheckpointError, RunError, EventFileError, FileNotFoundError, ValueError)):
-        return " ".join(str(e).split("\n"))
-    if isinstance(e, OSError):  # disk full, permissions, quota: name the file when the error does
-        where = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror or e}{where}"
-    text = str(e)
-    if isinstance(e, RuntimeError) and "DataLoader worker" in text and "Original Traceback" in text:
-        # a data-loading worker failed; torch re-raises it as text: keep the original's last line
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        name = last.split(":", 1)[0].rsplit(".", 1)[-1]
-        if name in ("EventFileError", "DatasetNotFoundError", "FileNotFoundError", "OSError", "PermissionError"):
-            return f"in a data-loading worker: {last.split(':', 1)[1].strip() if ':' in last else last}"
-    return None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script and of ``python -m spikingresformer``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="spikingresformer", description=__doc__,
@@ -228,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         setup(sub.add_parser(name, help=help_text))
     args, rest = parser.parse_known_args(argv)
 
-    from .training.errors import RunInterrupted
+    from .training.errors import EXPECTED_ERRORS, RunInterrupted
 
     try:
         return COMMANDS[args.command][1][1](args, rest)
@@ -237,11 +216,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RunInterrupted as e:
         print(f"spikingresformer {args.command}: {e}", file=sys.stderr)
         return EXIT_SIGTERM
-    except Exception as e:
-        msg = _expected_message(e)
-        if msg is None:
-            raise
-        print(f"spikingresformer {args.command}: error: {msg}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:  # anything else is a bug: its traceback is shown (exit code 1)
+        print(f"spikingresformer {args.command}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return EXIT_ERROR
     return 0  # pragma: no cover - parser.error exits
 

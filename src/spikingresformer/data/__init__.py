@@ -11,7 +11,7 @@ from .augment import DVSAugment, RandomShift
 from .cifar10dvs import CIFAR10DVS, CIFAR10DVS_CLASSES
 from .digits import Digits
 from .dvs128gesture import DVS128Gesture, GESTURE_CLASSES, INDEX_TO_GESTURE_ID, gesture_index, read_gesture_labels
-from .errors import DatasetNotFoundError, EventFileError, FrameCacheWarning
+from .errors import DataError, DataOptionError, DatasetNotFoundError, EventFileError, FrameCacheWarning
 from .event_digits import EventDigits
 from .framing import FRAME_CACHE_ENV, FrameCache, events_to_frames, frames_to_input
 from .image_folder import ImageFolderData, image_transform, open_image
@@ -28,6 +28,8 @@ __all__ = [
     "DVS128Gesture",
     "DVSAugment",
     "DatasetInfo",
+    "DataError",
+    "DataOptionError",
     "DatasetNotFoundError",
     "Digits",
     "EventDigits",

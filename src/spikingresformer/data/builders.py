@@ -33,13 +33,15 @@ from typing import Any, NoReturn, Optional, Sequence, Tuple
 
 from torch.utils.data import Dataset
 
+from .errors import DataOptionError
 from .registry import DatasetInfo, register_dataset, register_preprocessing
 
-_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
+#: Resize interpolations of the image data sets (the recipe key ``interpolation`` takes these).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 
 
 def _fail(dataset: str, option: str, value: Any, allowed: str) -> NoReturn:
-    raise ValueError(f"{dataset}: option {option} = {value!r} is not allowed; expected {allowed}")
+    raise DataOptionError(f"{dataset}: option {option} = {value!r} is not allowed; expected {allowed}")
 
 
 def _int(dataset: str, option: str, value: Any, low: int, optional: bool = False) -> None:
@@ -68,8 +70,8 @@ def _image_transform(dataset: str, train: bool, img_size: int, augment: bool, aa
         _fail(dataset, "aa", aa, "a timm RandAugment string such as 'rand-m9-n1-mstd0.4-inc1', or null")
     if isinstance(reprob, bool) or not isinstance(reprob, Real) or not 0.0 <= reprob <= 1.0:
         _fail(dataset, "reprob", reprob, "a probability in [0, 1]")
-    if interpolation not in _INTERPOLATIONS:
-        _fail(dataset, "interpolation", interpolation, f"one of {', '.join(_INTERPOLATIONS)}")
+    if interpolation not in INTERPOLATIONS:
+        _fail(dataset, "interpolation", interpolation, f"one of {', '.join(INTERPOLATIONS)}")
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, Real) or not 0.0 < crop_pct <= 1.0:
         _fail(dataset, "crop_pct", crop_pct, "a fraction in (0, 1]")
     for option, values, positive in (("mean", mean, False), ("std", std, True)):
@@ -225,8 +227,8 @@ def _image_folder(root: Optional[str], train: bool, *, img_size: int = 32, T: Op
         _fail(name, "aa", aa, "a timm RandAugment string such as 'rand-m9-n1-mstd0.4-inc1', or null")
     if isinstance(reprob, bool) or not isinstance(reprob, Real) or not 0.0 <= reprob <= 1.0:
         _fail(name, "reprob", reprob, "a probability in [0, 1]")
-    if interpolation not in _INTERPOLATIONS:
-        _fail(name, "interpolation", interpolation, f"one of {', '.join(_INTERPOLATIONS)}")
+    if interpolation not in INTERPOLATIONS:
+        _fail(name, "interpolation", interpolation, f"one of {', '.join(INTERPOLATIONS)}")
     chans = len(mean) if mean is not None else (in_chans or detect_in_chans(_checked_root(root)))
     prep = _image_folder_preprocessing(root, dict(img_size=img_size, interpolation=interpolation, crop_pct=crop_pct,
                                                   mean=mean, std=std), chans)

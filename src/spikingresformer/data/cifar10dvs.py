@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import aedat
-from .errors import DatasetNotFoundError, EventFileError
+from .errors import DataOptionError, DatasetNotFoundError, EventFileError
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input, source_stamp
 
 __all__ = ["CIFAR10DVS", "CIFAR10DVS_CLASSES", "CIFAR10DVS_URL", "parse_split"]
@@ -58,7 +58,7 @@ def parse_split(split: str) -> Tuple[str, Optional[int]]:
             return "random", int(split.split(":", 1)[1])
         except ValueError:
             pass
-    raise ValueError(f"unknown CIFAR10-DVS split {split!r}; expected 'official', 'first100' or 'random:<seed>'")
+    raise DataOptionError(f"unknown CIFAR10-DVS split {split!r}; expected 'official', 'first100' or 'random:<seed>'")
 
 
 def _file_id(name: str) -> int:
@@ -112,7 +112,7 @@ class CIFAR10DVS(Dataset):
     ) -> None:
         parse_split(split)
         if T < 1:
-            raise ValueError(f"T must be at least 1, got {T}")
+            raise DataOptionError(f"T must be at least 1, got {T}")
         if root is None:
             raise DatasetNotFoundError("CIFAR10-DVS", root, "no data root given", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL)
         self.root = Path(root)

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import aedat
-from .errors import DatasetNotFoundError, EventFileError
+from .errors import DataOptionError, DatasetNotFoundError, EventFileError
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input, source_stamp
 
 __all__ = [
@@ -164,7 +164,7 @@ class DVS128Gesture(Dataset):
         cache_dir: Optional[str] = None,
     ) -> None:
         if T < 1:
-            raise ValueError(f"T must be at least 1, got {T}")
+            raise DataOptionError(f"T must be at least 1, got {T}")
         if root is None:
             raise DatasetNotFoundError("DVS128 Gesture", root, "no data root given", DVSGESTURE_LAYOUT, DVSGESTURE_URL)
         self.root = Path(root)

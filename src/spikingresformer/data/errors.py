@@ -1,18 +1,58 @@
-"""Errors and warnings of the data sets: a missing data folder, a corrupt event file, a bad cache entry."""
+"""Errors and warnings of the data sets: a missing data folder, a corrupt event file, a bad option, a bad cache entry.
+
+Every error here is built from one message argument as well, because that is how PyTorch re-raises
+an exception of a data-loading worker in the main process (``type(e)(text)``, the text being the
+worker's formatted traceback). :class:`DataError` then keeps the worker's traceback in
+:attr:`DataError.worker_traceback` and its own message as the message, so the error arrives with
+its type and its one-line message, and a caller can tell it by type alone.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Optional, Union
 
-__all__ = ["DatasetNotFoundError", "EventFileError", "FrameCacheWarning"]
+__all__ = ["DataError", "DataOptionError", "DatasetNotFoundError", "EventFileError", "FrameCacheWarning"]
+
+_WORKER_PREFIX = "Caught "  # how torch.utils.data starts the text of a re-raised worker exception
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A data folder is missing or incomplete; the message shows the expected layout and the source."""
+class DataError(Exception):
+    """Base of the data errors a user can act on (the ``train`` command reports them in one line)."""
 
-    def __init__(self, dataset: str, root: Union[str, os.PathLike, None], problem: str, layout: str,
-                 source: Optional[str] = None):
+    #: The data-loading worker's traceback when the error was raised in a worker, else None.
+    worker_traceback: Optional[str] = None
+
+    def _from_worker(self, message: str) -> str:
+        """``message`` itself, or, for a worker's re-raised traceback, the original message it ends with."""
+        cls = type(self)
+        marker = f"\n{cls.__module__}.{cls.__qualname__}: "  # the last line traceback.format_exception writes
+        at = message.rfind(marker)
+        if not message.startswith(_WORKER_PREFIX) or at < 0:
+            return message
+        self.worker_traceback = message
+        return "in a data-loading worker: " + message[at + len(marker):].rstrip("\n")
+
+
+class DataOptionError(DataError, ValueError):
+    """A data set was asked for with an option it cannot use or a value it cannot take."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self._from_worker(message))
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """A data folder is missing or incomplete; the message shows the expected layout and the source.
+
+    Built as ``DatasetNotFoundError(dataset, root, problem, layout, source)``, or from the finished message alone.
+    """
+
+    def __init__(self, dataset: str, root: Union[str, os.PathLike, None] = None, problem: Optional[str] = None,
+                 layout: str = "", source: str = ""):
+        if problem is None:  # one argument: the whole message
+            super().__init__(self._from_worker(dataset))
+            self.dataset, self.root, self.problem = "", None, dataset
+            return
         self.dataset = dataset
         self.root = None if root is None else str(root)
         self.problem = problem
@@ -31,10 +71,18 @@ class DatasetNotFoundError(FileNotFoundError):
         return str(self.args[0])
 
 
-class EventFileError(ValueError):
-    """An event recording or its label file is corrupt; the message names the file and the problem."""
+class EventFileError(DataError, ValueError):
+    """An event recording or its label file is corrupt; the message names the file and the problem.
 
-    def __init__(self, path: Union[str, os.PathLike], problem: str):
+    Built as ``EventFileError(path, problem)``, or from the finished message alone.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], problem: Optional[str] = None):
+        if problem is None:  # one argument: the whole message
+            message = self._from_worker(str(path))
+            self.path, self.problem = "", message
+            super().__init__(message)
+            return
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .aedat import Events
 from .digits import load_digits_split
+from .errors import DataOptionError
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input
 from .saccades import SaccadeDVSConfig, images_to_events
 
@@ -63,9 +64,9 @@ class EventDigits(Dataset):
     ) -> None:
         for name, value, low in (("T", T, 1), ("sensor_size", sensor_size, 1), ("digit_size", digit_size, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"event-digits: {name} must be an integer of at least {low}, got {value!r}")
+                raise DataOptionError(f"event-digits: {name} must be an integer of at least {low}, got {value!r}")
         if digit_size > sensor_size:
-            raise ValueError(f"event-digits: digit_size {digit_size} does not fit on the {sensor_size} px sensor")
+            raise DataOptionError(f"event-digits: digit_size {digit_size} does not fit on the {sensor_size} px sensor")
         images, labels = load_digits_split(train)
         x = torch.from_numpy(images).unsqueeze(1)
         if digit_size != images.shape[-1]:

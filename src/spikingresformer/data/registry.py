@@ -1,7 +1,8 @@
 """One entry point that builds any supported data set by name, as recipes name them.
 
 Every builder declares its options as explicit keyword arguments; :func:`build_dataset` refuses an
-option the named data set cannot use (a ``ValueError`` naming the option and the data set) instead
+option the named data set cannot use (a :class:`~.errors.DataOptionError`, a ``ValueError``,
+naming the option and the data set) instead
 of dropping it.
 """
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.utils.data import Dataset
+
+from .errors import DataOptionError
 
 __all__ = ["DatasetInfo", "build_dataset", "register_dataset", "dataset_names", "dataset_options",
            "register_preprocessing", "dataset_preprocessing"]
@@ -70,7 +73,7 @@ def dataset_names() -> list[str]:
 
 def _check_name(name: str) -> None:
     if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
+        raise DataOptionError(f"unknown dataset {name!r}; expected one of {dataset_names()}")
 
 
 def dataset_options(name: str) -> list[str]:
@@ -83,12 +86,12 @@ def build_dataset(name: str, root: Optional[str], train: bool, **options: Any) -
     """Build data set ``name`` (training or evaluation part) from ``root``.
 
     ``options`` carry the recipe's data settings (``img_size``, ``T``, augmentation, ...). An option
-    the data set cannot use raises ``ValueError`` naming it; see :func:`dataset_options`.
+    the data set cannot use raises :class:`~.errors.DataOptionError` naming it; see :func:`dataset_options`.
     """
     _check_name(name)
     unknown = sorted(set(options) - set(_OPTIONS[name]))
     if unknown:
-        raise ValueError(
+        raise DataOptionError(
             f"dataset {name!r} cannot use the option(s) {', '.join(unknown)}; "
             f"it accepts {', '.join(sorted(_OPTIONS[name]))}"
         )

@@ -22,9 +22,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from .errors import RecipeError
+
 __all__ = [
     "DistInfo",
-    "init_distributed",
+    "process_info",
+    "join_process_group",
     "cleanup_distributed",
     "all_reduce_sum",
     "ShardedEvalSampler",
@@ -52,8 +55,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group that ``torchrun`` describes (if any) and pick this process's device."""
+def process_info(device: str = "auto") -> DistInfo:
+    """Where this process stands, as ``torchrun`` describes it (the one place that reads its variables).
+
+    Picks the device (``auto``: CUDA when present) and joins nothing yet, so that a recipe that
+    cannot run here is refused before any process group exists; see :func:`join_process_group`.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -61,14 +68,22 @@ def init_distributed(device: str = "auto") -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA device")
+            raise RecipeError(
+                f"recipe key 'device' is {device!r}, but this PyTorch sees no CUDA device "
+                f"(built with CUDA {torch.version.cuda}); use --device cpu or --device auto"
+            )
         dev = torch.device("cuda", local_rank if world_size > 1 else (torch.device(device).index or 0))
-        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def join_process_group(info: DistInfo) -> None:
+    """Select this process's CUDA device and join the process group of a multi-process run."""
+    if info.device.type == "cuda":
+        torch.cuda.set_device(info.device)
+    if info.distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if info.device.type == "cuda" else "gloo")
 
 
 def cleanup_distributed() -> None:

@@ -1,13 +1,21 @@
-"""One training epoch and one evaluation pass: the plain loops a newcomer can read top to bottom."""
+"""One training epoch and one evaluation pass: the plain loops a newcomer can read top to bottom.
+
+:func:`train_one_epoch` takes the run's context (:class:`Run`: model, optimizer, loaders, loss, ...)
+and never waits for the device inside a step: the loss is summed on the device and read back (and,
+under ``torchrun``, summed over processes) every ``log_interval`` steps and at the end of the
+epoch. A non-finite loss is therefore noticed at the next such point, before anything is saved.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import math
+import random
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +23,74 @@ from torch import nn
 from .distributed import DistInfo, all_reduce_sum
 from .errors import DivergedError
 
-__all__ = ["tet_loss", "autocast_context", "train_one_epoch", "evaluate", "progress_bar"]
+if TYPE_CHECKING:
+    from .recipe import Recipe
+    from .run_state import RunFolder
+
+__all__ = ["Progress", "Run", "StopFlag", "autocast_context", "evaluate", "progress_bar", "seed_streams", "tet_loss",
+           "train_one_epoch"]
+
+#: Steps between device synchronisations when ``log_interval`` is 0 (no step log lines).
+SYNC_INTERVAL = 50
+
+
+class StopFlag:
+    """Set ``requested`` to ask a running epoch to stop after its current step."""
+
+    requested: bool = False
+
+
+@dataclass
+class Run:
+    """What the loops of one run work with; ``run_training`` builds it once, in the order of its steps."""
+
+    recipe: "Recipe"
+    dist: DistInfo
+    model: nn.Module  # the plain model (what is saved)
+    optimizer: torch.optim.Optimizer
+    criterion: Callable
+    train_loader: Iterable
+    eval_loader: Optional[Iterable] = None
+    scheduler: Any = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    mixup: Optional[Callable] = None
+    amp_dtype: Optional[torch.dtype] = None  # None: mixed precision off
+    folder: Optional["RunFolder"] = None
+    log: Callable[[str], None] = print
+    stop: StopFlag = field(default_factory=StopFlag)
+    net: Optional[nn.Module] = None  # the model as a step calls it (DDP, torch.compile); None: ``model``
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
+
+
+@dataclass
+class Progress:
+    """How far an epoch got: the next step, and the loss sum and sample count of the steps before it."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+
+
+def seed_streams(seed: int, rank: int, epoch: int, *step: int) -> None:
+    """Seed Python's, NumPy's and torch's generators from (seed, rank, epoch[, step]).
+
+    :func:`train_one_epoch` seeds them when an epoch's loader starts (data-loading workers take
+    their seeds from torch's generator then) and again before each step's batch is fetched, so
+    every random draw (augmentation, mixup) follows from these numbers: a run resumed at an epoch
+    boundary continues exactly as an uninterrupted one, and with ``workers: 0`` so does a run
+    resumed inside an epoch. No random state needs to be saved.
+    """
+    state = np.random.SeedSequence([seed, rank, epoch, *step]).generate_state(2)
+    value = int(state[0]) << 32 | int(state[1])
+    random.seed(value)
+    np.random.seed(int(state[0]))
+    if step:  # per step: the CPU generator that data augmentation draws from (about 1 us, not 130)
+        torch.default_generator.manual_seed(value)
+    else:
+        torch.manual_seed(value)  # every device's generator
 
 
 def tet_loss(
@@ -28,9 +103,9 @@ def tet_loss(
     return loss
 
 
-def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for the device, or a no-op when mixed precision is off."""
-    if not enabled:
+def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on the device, or a no-op when ``dtype`` is None (mixed precision off)."""
+    if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -45,127 +120,120 @@ def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5 if tty else 30.0)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    num_batches: int,
-    optimizer: torch.optim.Optimizer,
-    criterion: Callable,
-    dist: DistInfo,
-    *,
-    epoch: int,
-    mixup_fn: Optional[Callable] = None,
-    scaler: Optional[torch.amp.GradScaler] = None,
-    amp: bool = False,
-    amp_dtype: torch.dtype = torch.bfloat16,
-    tet: bool = False,
-    tet_lambda: float = 0.0,
-    tet_phi: float = 1.0,
-    clip_grad: Optional[float] = None,
-    progress: bool = True,
-    log_interval: int = 50,
-    log: Callable[[str], None] = print,
-    carry: Optional[Dict[str, Any]] = None,
-    on_start: Optional[Callable[[], None]] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
-) -> Dict[str, Any]:
-    """Train for one pass over ``loader``; return the mean loss and throughput over all ranks.
+def train_one_epoch(run: Run, epoch: int,
+                    start: Optional[Progress] = None) -> Tuple[Dict[str, Any], Optional[Progress]]:
+    """Train for one pass over ``run.train_loader``; return the mean loss and throughput over all ranks.
 
-    ``carry`` continues an epoch that was stopped part-way (its ``step``, ``loss_sum`` and
-    ``samples``; the loader then skips those steps); ``on_start`` runs once the loader's iterator
-    exists (where a resumed run restores its random state). When ``should_stop()`` turns true on
-    any rank, the epoch ends after the current step and the result holds ``stopped_at`` and the
-    progress to carry.
+    ``start`` continues an epoch that was stopped part-way (the caller's sampler then leaves out
+    its first ``start.step`` steps). The random streams are seeded here (:func:`seed_streams`).
+    When ``run.stop.requested`` turns true (on any rank; under ``torchrun`` noticed at the next
+    synchronisation), the epoch ends after the current step and the second result says how far
+    it got; otherwise it is None.
     """
-    model.train()
-    first = int(carry["step"]) if carry else 0
-    loss_sum = torch.tensor(float(carry["loss_sum"]) if carry else 0.0, dtype=torch.float64, device=dist.device)
-    samples = int(carry["samples"]) if carry else 0
-    start = time.perf_counter()
-    batches = iter(loader)
-    if on_start is not None:
-        on_start()
-    bar = progress_bar(batches, num_batches, f"epoch {epoch}", progress and dist.is_main)
-    for step, (images, target) in enumerate(bar, start=first):
+    recipe, dist, net = run.recipe, run.dist, run.net
+    assert net is not None
+    net.train()
+    start = start or Progress()
+    num_batches = len(run.train_loader)  # type: ignore[arg-type]
+    end = start.step + num_batches
+    sync_every = recipe.log_interval or SYNC_INTERVAL
+    loss_sum = torch.tensor(start.loss_sum, dtype=torch.float64, device=dist.device)
+    samples = start.samples
+    first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=dist.device)  # step, loss
+    t0 = time.perf_counter()
+    seed_streams(recipe.seed, dist.rank, epoch)  # the data-loading workers' seeds, drawn as the loader starts
+    bar = progress_bar(run.train_loader, num_batches, f"epoch {epoch}", recipe.progress and dist.is_main)
+    batches = iter(bar)
+    for step in range(start.step, end):
+        seed_streams(recipe.seed, dist.rank, epoch, step)  # this step's augmentation (workers: 0) and mixup
+        images, target = next(batches)
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
-        if mixup_fn is not None:
-            images, target = mixup_fn(images, target)
+        if run.mixup is not None:
+            images, target = run.mixup(images, target)
 
-        with autocast_context(dist.device, amp, amp_dtype):
-            if tet:
-                steps = model(images, return_steps=True)  # a call argument: passes through DDP and compile
-                loss = tet_loss(steps.float(), target, criterion, tet_lambda, tet_phi)
+        with autocast_context(dist.device, run.amp_dtype):
+            if recipe.tet:
+                steps = net(images, return_steps=True)  # a call argument: passes through DDP and compile
+                loss = tet_loss(steps.float(), target, run.criterion, recipe.tet_lambda, recipe.tet_phi)
             else:
-                loss = criterion(model(images).float(), target)
-        if not math.isfinite(loss.item()):
-            raise DivergedError(
-                f"training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (lr "
-                f"{optimizer.param_groups[0]['lr']:.3g}); nothing from this epoch was saved. Lower lr or set clip_grad"
-            )
+                loss = run.criterion(net(images).float(), target)
 
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            if recipe.clip_grad is not None:
+                run.scaler.unscale_(run.optimizer)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
         else:
             loss.backward()
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+            if recipe.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad)
+            run.optimizer.step()
 
+        # bookkeeping on the device: no wait for the step to finish
+        loss = loss.detach().double()
         n = images.shape[0]
-        loss_sum += loss.detach().double() * n
+        loss_sum += loss * n
         samples += n
-        elapsed = time.perf_counter() - start
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{samples / max(elapsed, 1e-9):.1f}", refresh=False)
-        elif dist.is_main and log_interval and (step + 1) % log_interval == 0:
-            log(f"epoch {epoch} step {step + 1}/{num_batches} loss {loss.item():.4f} "
-                f"{samples / max(elapsed, 1e-9):.1f} img/s")
-        if should_stop is not None and _any_rank(should_stop(), dist) and step + 1 < first + num_batches:
-            return {"stopped_at": step, "step": step + 1, "loss_sum": loss_sum.item(), "samples": samples}
-    elapsed = time.perf_counter() - start
-    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=dist.device)]))
-    total_samples = totals[1].item()
+        new_bad = (first_bad[0] < 0) & ~torch.isfinite(loss)
+        first_bad = torch.where(new_bad, torch.stack([torch.full_like(loss, step), loss]), first_bad)
+
+        stop_here = run.stop.requested and not dist.distributed  # one process: no need to agree first
+        if stop_here or (step + 1) % sync_every == 0:
+            current, stop_anywhere = _synchronise(run, epoch, loss, first_bad)
+            if recipe.log_interval and (step + 1) % recipe.log_interval == 0:
+                speed = samples / max(time.perf_counter() - t0, 1e-9)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{current:.4f}", img_s=f"{speed:.1f}", refresh=False)
+                elif dist.is_main:
+                    run.log(f"epoch {epoch} step {step + 1}/{num_batches} loss {current:.4f} {speed:.1f} img/s")
+            if stop_anywhere and step + 1 < end:
+                return {}, Progress(step=step + 1, loss_sum=loss_sum.item(), samples=samples)
+    if num_batches:
+        _synchronise(run, epoch, loss, first_bad)
+    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64,
+                                                                 device=dist.device)])).tolist()
+    elapsed = time.perf_counter() - t0
     return {
-        "train_loss": totals[0].item() / max(total_samples, 1),
-        "train_samples": total_samples,
-        "train_images_per_s": total_samples / max(elapsed, 1e-9),
+        "train_loss": totals[0] / max(totals[1], 1),
+        "train_samples": totals[1],
+        "train_images_per_s": totals[1] / max(elapsed, 1e-9),
         "train_time_s": elapsed,
-    }
+    }, None
 
 
-def _any_rank(flag: bool, dist: DistInfo) -> bool:
-    """True on every rank when ``flag`` is true on any (so all ranks stop at the same step)."""
-    if not dist.distributed:
-        return flag
-    return bool(all_reduce_sum(torch.tensor(float(flag), device=dist.device)).item() > 0)
+def _synchronise(run: Run, epoch: int, loss: torch.Tensor, first_bad: torch.Tensor) -> Tuple[float, bool]:
+    """Wait for the device: raise DivergedError if a loss was non-finite on any rank; else return the
+    current step's loss and whether any rank was asked to stop."""
+    dev = run.dist.device
+    local = torch.stack([loss, first_bad[0], first_bad[1]]).tolist()
+    flags = torch.tensor([float(local[1] >= 0), float(run.stop.requested)], dtype=torch.float64, device=dev)
+    anywhere = all_reduce_sum(flags).tolist() if run.dist.distributed else flags.tolist()
+    if anywhere[0] > 0:
+        where = f"step {int(local[1])}: the loss is {local[2]}" if local[1] >= 0 else "another process's step"
+        raise DivergedError(
+            f"training diverged at epoch {epoch}, {where} (lr {run.optimizer.param_groups[0]['lr']:.3g}); "
+            f"nothing from this epoch was saved. Lower lr or set clip_grad"
+        )
+    return local[0], anywhere[1] > 0
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    num_batches: int,
-    dist: DistInfo,
-    *,
-    amp: bool = False,
-    amp_dtype: torch.dtype = torch.bfloat16,
-    progress: bool = True,
-) -> Dict[str, Any]:
+def evaluate(model: nn.Module, loader: Iterable, dist: DistInfo, amp_dtype: Optional[torch.dtype] = None,
+             progress: bool = False) -> Dict[str, Any]:
     """Top-1/top-5 accuracy and mean cross-entropy over the whole loader, summed exactly over ranks."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=dist.device)  # loss, top1, top5, count
+    sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss, top-1 hits, top-5 hits
+    count = 0
     start = time.perf_counter()
-    for images, target in progress_bar(loader, num_batches, "eval", progress and dist.is_main):
+    batches = progress_bar(loader, len(loader), "eval", progress and dist.is_main)  # type: ignore[arg-type]
+    for images, target in batches:
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
-        with autocast_context(dist.device, amp, amp_dtype):
+        with autocast_context(dist.device, amp_dtype):
             logits = model(images).float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
@@ -174,15 +242,15 @@ def evaluate(
             F.cross_entropy(logits, target, reduction="sum").double(),
             hit[:, 0].sum().double(),
             hit.any(dim=-1).sum().double(),
-            torch.tensor(float(target.numel()), dtype=torch.float64, device=dist.device),
         ])
+        count += target.shape[0]
+    totals = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=dist.device)])
+    loss, top1, top5, count = all_reduce_sum(totals).tolist()
     elapsed = time.perf_counter() - start
-    sums = all_reduce_sum(sums)
-    count = sums[3].item()
     return {
-        "eval_loss": sums[0].item() / max(count, 1),
-        "top1": 100.0 * sums[1].item() / max(count, 1),
-        "top5": 100.0 * sums[2].item() / max(count, 1),
+        "eval_loss": loss / max(count, 1),
+        "top1": 100.0 * top1 / max(count, 1),
+        "top5": 100.0 * top5 / max(count, 1),
         "eval_samples": int(count),
         "eval_images_per_s": count / max(elapsed, 1e-9),
     }

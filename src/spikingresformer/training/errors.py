@@ -1,12 +1,28 @@
-"""Expected ways a run can end early, each with a message that says what happened and what to do."""
+"""Expected ways a run can end early, each with a message that says what happened and what to do.
+
+Each error is built from one message argument. :data:`EXPECTED_ERRORS` lists every type that a
+command reports in one line (``spikingresformer <command>: error: ...``, exit code 2); anything else
+is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-__all__ = ["RunError", "DivergedError", "RunInterrupted"]
+from ..checkpoint import CheckpointError
+from ..data.errors import DataError
+
+__all__ = ["RecipeError", "RunError", "MissingFileError", "DivergedError", "RunInterrupted", "EXPECTED_ERRORS"]
+
+
+class RecipeError(ValueError):
+    """A recipe file, key or value is not valid, or does not fit this machine (no CUDA, batch split)."""
 
 
 class RunError(RuntimeError):
     """A run cannot start or continue for a reason the user can act on (folder in use, disk full, ...)."""
+
+
+class MissingFileError(RunError, FileNotFoundError):
+    """A file the recipe names (a checkpoint to resume from or transfer) does not exist."""
 
 
 class DivergedError(RunError):
@@ -15,3 +31,8 @@ class DivergedError(RunError):
 
 class RunInterrupted(Exception):
     """The run was asked to stop (SIGTERM); it finished the current step and saved ``last.pth``."""
+
+
+#: Failures a command reports in one line: bad recipes, data, event files and checkpoints, run-folder
+#: problems, divergence. :class:`RunInterrupted` is not among them (it has an exit code of its own).
+EXPECTED_ERRORS = (RecipeError, RunError, CheckpointError, DataError)

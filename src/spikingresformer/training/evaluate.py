@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from .. import load_checkpoint
-from ..fileio import atomic_write_bytes
-from .distributed import cleanup_distributed, init_distributed
+from .builders import build_data, build_model, eval_loader
+from .distributed import cleanup_distributed, join_process_group, process_info
 from .engine import evaluate
+from .optim import amp_dtype
 from .recipe import Recipe
-from .builders import Logger, build_data, build_model, default_output, energy_summary, eval_loader, resolve_amp_dtype
+from .run_state import Logger, output_folder, require_file, write_file
 
-__all__ = ["run_evaluation"]
+__all__ = ["energy_summary", "run_evaluation"]
 
 
 def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optional[str] = None) -> Dict[str, Any]:
@@ -25,27 +30,26 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
     counted exactly once).
     """
     start = time.perf_counter()
-    dist = init_distributed(recipe.device)
+    dist = process_info(recipe.device)
+    join_process_group(dist)
     try:
-        output = default_output(recipe)
+        output = output_folder(recipe.output, recipe.model, recipe.dataset)
         if dist.is_main:
             output.mkdir(parents=True, exist_ok=True)
         log = Logger(dist, None)
         eval_ds, info = build_data(recipe, train=False)
         model = build_model(recipe, info)
         if checkpoint:
-            load_checkpoint(model, checkpoint)
+            load_checkpoint(model, require_file(checkpoint, "checkpoint"))
             log(f"loaded weights from {checkpoint}")
         model.to(dist.device)
-        loader = eval_loader(recipe, dist, eval_ds)
-        amp_dtype = resolve_amp_dtype(recipe, dist.device)
-        metrics = evaluate(model, loader, len(loader), dist, amp=recipe.amp, amp_dtype=amp_dtype,
-                           progress=recipe.progress)
+        metrics = evaluate(model, eval_loader(recipe, dist, eval_ds), dist, amp_dtype(recipe, dist.device),
+                           recipe.progress)
         metrics.update(model=recipe.model, dataset=recipe.dataset, split=info.split, checkpoint=checkpoint,
                        params=sum(p.numel() for p in model.parameters()), T=recipe.T, img_size=recipe.img_size)
         if dist.is_main:
             path = Path(output_json) if output_json else output / "eval.json"
-            atomic_write_bytes(path, json.dumps(metrics, indent=1).encode())
+            write_file(path, json.dumps(metrics, indent=1).encode())
             if recipe.energy:
                 energy_summary(model, eval_ds, dist.device, output, log)
             log(f"metrics written to {path}")
@@ -56,3 +60,14 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
         return metrics
     finally:
         cleanup_distributed()
+
+
+def energy_summary(model: nn.Module, eval_ds: Dataset, device: torch.device, output: Path,
+                   log: Callable[[str], None]) -> None:
+    """Energy and firing-rate report on one evaluation batch: ``<output>/energy.json`` and a log line."""
+    from ..energy import analyze, summarize
+
+    batch = torch.stack([eval_ds[i][0] for i in range(min(16, len(eval_ds)))]).to(device)  # type: ignore[index]
+    report = analyze(model, batch)
+    write_file(output / "energy.json", json.dumps(report.to_dict(), indent=1).encode())
+    log(summarize(report))

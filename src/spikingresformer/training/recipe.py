@@ -15,11 +15,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_ori
 
 import yaml
 
+from ..data.builders import INTERPOLATIONS
+from ..data.cifar10dvs import parse_split
+from ..data.errors import DataOptionError
+from .builders import check_data_settings, check_model_settings
+from .errors import RecipeError
+from .optim import AMP_DTYPES, SCHEDULERS
+
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_help", "parse_overrides"]
-
-
-class RecipeError(ValueError):
-    """A recipe file or override is not valid."""
 
 
 def _k(default: Any, help: str) -> Any:
@@ -228,11 +231,6 @@ def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Optional[Dic
     return recipe
 
 
-_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos", "random")
-#: Schedulers that can be stepped once per epoch without a metric.
-_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant")
-
-
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise RecipeError(f"recipe key {key!r} is {value!r}; allowed: {allowed}")
@@ -276,12 +274,13 @@ def _validate(r: Recipe) -> None:
         _check(v is None or (len(v) >= 1 and all(math.isfinite(x) for x in v)), key, v,
                "null or a list of finite numbers, one per input channel")
     _check(r.std is None or all(x > 0 for x in r.std), "std", r.std, "null or a list of numbers > 0")
-    _check(r.amp_dtype in ("auto", "bfloat16", "float16"), "amp_dtype", r.amp_dtype, "auto, bfloat16 or float16")
-    _check(r.interpolation in _INTERPOLATIONS, "interpolation", r.interpolation, ", ".join(_INTERPOLATIONS))
-    _check(r.sched in _SCHEDULERS, "sched", r.sched, ", ".join(_SCHEDULERS))
-    split = r.cifar10dvs_split
-    _check(split in ("official", "first100") or (split.startswith("random:") and split[7:].isdigit()),
-           "cifar10dvs_split", split, "official, first100 or random:<seed>")
+    _check(r.amp_dtype in AMP_DTYPES, "amp_dtype", r.amp_dtype, ", ".join(AMP_DTYPES))
+    _check(r.interpolation in INTERPOLATIONS, "interpolation", r.interpolation, ", ".join(INTERPOLATIONS))
+    _check(r.sched in SCHEDULERS, "sched", r.sched, ", ".join(SCHEDULERS))
+    try:
+        parse_split(r.cifar10dvs_split)
+    except DataOptionError:
+        _check(False, "cifar10dvs_split", r.cifar10dvs_split, "official, first100 or random:<seed>")
     _check(r.resume is None or r.resume == "auto" or bool(r.resume), "resume", r.resume,
            "null, auto or a checkpoint path")
     if r.overwrite and r.resume:
@@ -289,6 +288,8 @@ def _validate(r: Recipe) -> None:
     from timm.optim import list_optimizers
 
     _check(r.opt.lower() in list_optimizers(), "opt", r.opt, "a timm optimizer name (timm.optim.list_optimizers())")
+    check_model_settings(r)
+    check_data_settings(r)
 
 
 def recipe_help() -> str:

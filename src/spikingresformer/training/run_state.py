@@ -16,36 +16,84 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import fileio
 from ..checkpoint import CheckpointError, read_checkpoint_file
 from ..model import DSSA
-from .errors import RunError
+from .distributed import DistInfo
+from .errors import MissingFileError, RunError
 
 __all__ = [
+    "Logger",
     "RunFolder",
+    "epoch_of",
     "load_training_checkpoint",
+    "output_folder",
     "rate_flags",
-    "rng_state",
+    "require_file",
     "save_training_checkpoint",
     "set_rate_flags",
-    "set_rng_state",
 ]
 
 #: Files that make a folder hold a run (a fresh start there must be asked for explicitly).
 RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "metrics.jsonl")
 #: Everything a run writes (what ``overwrite`` removes before a fresh start).
 _OWN_FILES = RUN_FILES + ("recipe.yaml", "log.txt", "energy.json", "tensorboard", "config.json", "model.safetensors")
+
+
+def output_folder(output: Optional[str], model: str, dataset: str) -> Path:
+    """The run folder: ``output``, or ``runs/<model>-<dataset>`` when it is not set."""
+    return Path(output or f"runs/{model}-{dataset}")
+
+
+class Logger:
+    """Prints on rank 0 and, once a file is attached, appends the same lines to it.
+
+    Lines logged before :meth:`attach` are kept and written when the file is attached, so a run
+    can report its set-up without touching its folder until the set-up has succeeded.
+    """
+
+    def __init__(self, dist: DistInfo, file: Optional[Path] = None) -> None:
+        self.enabled = dist.is_main
+        self.file: Optional[Path] = None
+        self._pending: List[str] = []
+        if file is not None:
+            self.attach(file)
+
+    def attach(self, file: Path) -> None:
+        """Start appending to ``file`` (with every line logged so far)."""
+        if not self.enabled:
+            return
+        self.file = file
+        if self._pending:
+            self._append("".join(line + "\n" for line in self._pending))
+            self._pending = []
+
+    def _append(self, text: str) -> None:
+        assert self.file is not None
+        try:
+            with open(self.file, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise RunError(f"could not append to {self.file}: {e.strerror or e}") from None
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        if self.file is None:
+            self._pending.append(line)
+        else:
+            self._append(line + "\n")
 
 
 def checkpoint_bytes(obj: Dict[str, Any]) -> bytes:
@@ -69,12 +117,20 @@ def save_training_checkpoint(obj: Dict[str, Any], path: Path) -> Path:
     return Path(path)
 
 
+def require_file(path: Union[str, Path], what: str) -> Path:
+    """``path``, or a :class:`MissingFileError` when nothing is there (``what`` names its role)."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{what} {path} does not exist")
+    return path
+
+
 def load_training_checkpoint(path: Path) -> Dict[str, Any]:
     """Read a training checkpoint: a dict with ``model``, ``optimizer``, ``epoch`` and more.
 
     Damaged, foreign or unsafe files give a :class:`CheckpointError` saying what the file is.
     """
-    path = Path(path)
+    path = require_file(path, "checkpoint")
     ckpt = read_checkpoint_file(path)
     missing = [k for k in ("model", "optimizer", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
@@ -84,35 +140,6 @@ def load_training_checkpoint(path: Path) -> Dict[str, Any]:
             f"(weights-only files can start a run with --transfer, not continue one with --resume)"
         )
     return ckpt
-
-
-def rng_state() -> Dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) random states as tensors and plain values."""
-    np_state = np.random.get_state()
-    state: Dict[str, Any] = {
-        "python": random.getstate(),  # (version, tuple of ints, gauss): plain data
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_has_gauss": int(np_state[3]),
-        "numpy_gauss": float(np_state[4]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-         state["numpy_has_gauss"], state["numpy_gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def rate_flags(model: nn.Module) -> Dict[str, bool]:
@@ -133,8 +160,8 @@ def set_rate_flags(model: nn.Module, flags: Dict[str, bool]) -> None:
                 m._rates_initialised[key] = bool(flags.get(f"{name}.{key}", m._rates_initialised[key]))
 
 
-def _epoch_of(path: Path) -> Optional[int]:
-    """The epoch a ``best.pth`` holds, or None when it is missing or unreadable."""
+def epoch_of(path: Path) -> Optional[int]:
+    """The epoch a training checkpoint (``last.pth``, ``best.pth``) holds, or None when it is missing or unreadable."""
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception:
@@ -170,10 +197,41 @@ class RunFolder:
         files = self.run_files()
         last = self.path / "last.pth"
         if last.is_file():
-            epoch = _epoch_of(last)
+            epoch = epoch_of(last)
             if epoch is not None:
                 return f"a run whose last.pth holds epoch {epoch} ({', '.join(files)})"
         return f"a run ({', '.join(files)})"
+
+    def resume_source(self, resume: Optional[str], overwrite: bool) -> Optional[Path]:
+        """The checkpoint to continue from (recipe keys ``resume``, ``overwrite``), or None for a fresh start.
+
+        Refuses to start over a run that is not explicitly overwritten, and to mix two runs in one folder.
+        """
+        last = self.path / "last.pth"
+        present = self.run_files()
+        if resume == "auto":
+            if last.is_file():
+                return last
+            if present and not overwrite:
+                raise RunError(
+                    f"--resume auto: {self.path} holds a run without last.pth ({', '.join(present)}), so there is "
+                    f"nothing to continue; start over there with --overwrite true, or choose another --output"
+                )
+            return None
+        if resume:
+            path = Path(resume)
+            if present and path.resolve() != last.resolve():
+                raise RunError(
+                    f"{self.path} already holds {self.describe()}; resuming {path} there would mix two runs. "
+                    f"Choose another --output (or --overwrite true to delete that run first)"
+                )
+            return path
+        if present and not overwrite:
+            raise RunError(
+                f"{self.path} already holds {self.describe()}. Continue it with --resume auto, or start over "
+                f"with --overwrite true (this deletes its checkpoints and metrics), or choose another --output"
+            )
+        return None
 
     # -- the lock ---------------------------------------------------------------------------------
 
@@ -275,7 +333,7 @@ class RunFolder:
         if best_epoch < 0:
             return
         best = self.path / "best.pth"
-        held = _epoch_of(best) if best.is_file() else None
+        held = epoch_of(best) if best.is_file() else None
         if held != best_epoch:
             if best_epoch != epoch:
                 raise RunError(
