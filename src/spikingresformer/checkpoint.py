@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["LoadResult", "CheckpointError", "read_checkpoint_file", "read_state_dict", "load_checkpoint", "save_weights"]
+__all__ = ["LoadResult", "CheckpointError", "CheckpointNotFoundError", "read_checkpoint_file", "read_state_dict",
+           "load_checkpoint", "save_weights"]
 
 PathLike = Union[str, os.PathLike]
 #: key of a model's JSON description (``config.json``'s content) in a ``.safetensors`` header
@@ -25,6 +26,10 @@ _CONTAINER_KEYS = ("model", "state_dict", "model_ema")
 
 class CheckpointError(ValueError):
     """A checkpoint could not be read or does not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint, model folder or weight file that was named does not exist."""
 
 
 @dataclass
@@ -91,7 +96,7 @@ def read_checkpoint_file(path: PathLike) -> Any:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     kind = _sniff(path)
     if kind == "safetensors":
         from safetensors.torch import load_file

@@ -16,6 +16,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
+from .data.errors import DataError
 from .fidelity import Fidelity, compare, neuron_outputs
 from .model.fuse import fuse_for_inference
 from .neurons import MultiStepNeuron
@@ -223,10 +224,10 @@ def _read_check_input(path: str, example: torch.Tensor) -> torch.Tensor:
     try:
         batch = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"--check-input {path!r} could not be read as a tensor file: {exc}") from exc
+        raise DataError(f"--check-input {path!r} could not be read as a tensor file: {exc}") from None
     if not isinstance(batch, torch.Tensor) or not batch.is_floating_point() or batch.shape[1:] != example.shape[1:]:
         what = f"a {batch.dtype} tensor of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) \
             else type(batch).__name__
-        raise ValueError(f"--check-input {path!r}: expected a floating-point tensor of shape "
+        raise DataError(f"--check-input {path!r}: expected a floating-point tensor of shape "
                          f"[B, {', '.join(map(str, example.shape[1:]))}], got {what}")
     return batch.float()

@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .checkpoint import (CONFIG_KEY, CheckpointError, _unwrap, load_checkpoint, read_checkpoint_file,
+from .checkpoint import (CONFIG_KEY, CheckpointError, CheckpointNotFoundError, _unwrap, load_checkpoint, read_checkpoint_file,
                          read_state_dict, save_weights)
 
 __all__ = [
@@ -73,9 +73,9 @@ def make_config(architecture: str, model_args: Mapping[str, Any], *, num_classes
                 extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The ``config.json`` of a model: what timm's ``local-dir:`` / ``hf-hub:`` loaders and :func:`load_model` read."""
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
+        raise CheckpointError(f"{len(class_names)} class names for a model with {num_classes} classes")
     if len(mean) != in_chans or len(std) != in_chans:
-        raise ValueError(f"mean {tuple(mean)} / std {tuple(std)} need one value per input channel ({in_chans})")
+        raise CheckpointError(f"mean {tuple(mean)} / std {tuple(std)} need one value per input channel ({in_chans})")
     args = {k: _plain(v) for k, v in model_args.items() if k not in _RUNTIME_ARGS}
     args.update(num_classes=int(num_classes), in_chans=int(in_chans), T=int(T), img_size=int(img_size))
     pretrained_cfg = {
@@ -284,7 +284,7 @@ def resolve_source(source: PathLike) -> ModelSource:
     """
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected a model folder, a run folder or a weight file)")
+        raise CheckpointNotFoundError(f"{path} does not exist (expected a model folder, a run folder or a weight file)")
     if path.is_dir():
         weights = next((path / n for n in _FOLDER_WEIGHTS if (path / n).is_file()), None)
         if weights is None:
@@ -370,7 +370,7 @@ def build_for_command(model_name: Optional[str], checkpoint: Optional[PathLike],
             if model_name is None:
                 raise
     if model_name is None:
-        raise ValueError("no model given: pass --model NAME, or a run folder / model folder / weight file "
+        raise NoModelDescription("no model given: pass --model NAME, or a run folder / model folder / weight file "
                          "that carries config.json")
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     if checkpoint is not None and "num_classes" not in kwargs:

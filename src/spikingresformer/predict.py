@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError
+
 __all__ = ["Prediction", "add_arguments", "predict", "preprocessing", "run"]
 
 
@@ -51,12 +53,20 @@ def preprocessing(model: nn.Module) -> Callable:
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if cfg.get("input_kind") == "events":
-        raise ValueError("this model classifies event-camera frames, not images; predict takes image files")
+        raise CheckpointError("this model classifies event-camera frames, not images; predict takes image files")
     chans, height, width = cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224))
     size = int(getattr(model, "img_size", None) or height)
     return image_transform(size, False, in_chans=int(chans), mean=cfg.get("mean", (0.5,) * chans),
                            std=cfg.get("std", (0.5,) * chans), interpolation=cfg.get("interpolation", "bilinear"),
                            crop_pct=float(cfg.get("crop_pct") or 1.0))
+
+
+def _positive_int(text: str) -> int:
+    """``--top-k``: an integer of at least 1 (argparse reports anything else as a usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _label(names: Optional[Sequence[str]], index: int) -> str:
@@ -103,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(or --json). The model brings its own size, normalisation and class names.")
     p.add_argument("model", help="run folder, model folder (config.json + model.safetensors) or weight file")
     p.add_argument("images", nargs="+", help="image files (png, jpg, bmp, ...)")
-    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-__all__ = ["DataError", "DataOptionError", "DatasetNotFoundError", "EventFileError", "FrameCacheWarning"]
+__all__ = ["DataError", "DataOptionError", "DatasetNotFoundError", "EventFileError", "ImageFileError",
+           "FrameCacheWarning"]
 
 _WORKER_PREFIX = "Caught "  # how torch.utils.data starts the text of a re-raised worker exception
 
@@ -86,6 +87,13 @@ class EventFileError(DataError, ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ImageFileError(DataError, ValueError):
+    """An image file is missing or cannot be decoded; the message names the file and the problem."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self._from_worker(message))
 
 
 class FrameCacheWarning(UserWarning):

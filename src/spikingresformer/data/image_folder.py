@@ -28,7 +28,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 from PIL import Image
 from torchvision import datasets, transforms
 
-from .errors import DatasetNotFoundError
+from .errors import DataOptionError, DatasetNotFoundError, ImageFileError
 
 __all__ = [
     "GRAY_MEAN",
@@ -60,7 +60,7 @@ def _mode(in_chans: int) -> str:
 
 
 def open_image(path: PathLike, in_chans: int) -> Image.Image:
-    """Read ``path`` as a grayscale (``in_chans=1``) or RGB image; a clear ``ValueError`` when it cannot be read."""
+    """Read ``path`` as a grayscale (``in_chans=1``) or RGB image; a clear ``ImageFileError`` when it cannot be read."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -68,9 +68,9 @@ def open_image(path: PathLike, in_chans: int) -> Image.Image:
                 img = img.point(lambda v: v / 256).convert("L")  # 16-bit grey down to 8 bit
             return img.convert(_mode(in_chans))
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} does not exist") from None
+        raise ImageFileError(f"image {path} does not exist") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e} (expected a png, jpg, bmp, ... file)") from None
+        raise ImageFileError(f"cannot read image {path}: {e} (expected a png, jpg, bmp, ... file)") from None
 
 
 class _Loader:
@@ -124,7 +124,7 @@ def image_transform(img_size: int, train: bool, *, in_chans: int, mean: Sequence
                     padding: Optional[int] = None) -> Callable[[Image.Image], Any]:
     """The transform of ``image-folder`` (and of ``predict``): CIFAR practice up to 64 px, ImageNet practice above."""
     if len(mean) != in_chans or len(std) != in_chans:
-        raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} need one value per channel ({in_chans})")
+        raise DataOptionError(f"mean {tuple(mean)} and std {tuple(std)} need one value per channel ({in_chans})")
     if img_size > SMALL_IMAGE_MAX:
         from timm.data import create_transform
 
