@@ -49,6 +49,19 @@ def test_amp_bfloat16_trains_float32_weights(tmp_path):
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
+def test_float16_on_cpu_takes_the_gradient_scaler(tmp_path):
+    """``amp_dtype: float16`` runs on the CPU with a GradScaler, whose state is checkpointed for resume."""
+    from spikingresformer.training.run_state import load_training_checkpoint
+
+    lines = _run(tmp_path, amp=True, amp_dtype="float16")
+    assert math.isfinite(lines[0]["train_loss"]) and math.isfinite(lines[0]["eval_loss"])
+    scaler = load_training_checkpoint(tmp_path / "last.pth")["scaler"]
+    # the scale starts at 2**16 and halves on each step whose float16 gradients overflowed
+    assert scaler is not None and scaler["scale"] in {2.0 ** k for k in range(8, 17)}
+    state = _state(tmp_path / "best.safetensors")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
 def test_mixup_and_cutmix_change_the_targets(tmp_path):
     """Mixed targets change the training loss of the same model on the same batches (same seed)."""
     plain = _run(tmp_path / "plain")

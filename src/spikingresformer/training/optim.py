@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from ..data.registry import DatasetInfo
-from .errors import RecipeError
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -48,24 +47,23 @@ def build_scheduler(recipe: "Recipe", optimizer: torch.optim.Optimizer) -> Any:
 def amp_dtype(recipe: "Recipe", device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype, or None when mixed precision is off.
 
-    ``auto``: bfloat16 on CPU and on CUDA devices that support it, else float16.
+    ``auto``: bfloat16 on CPU and on CUDA devices that support it, else float16. ``float16`` is
+    honoured on CPU too (slower there than bfloat16; it takes the gradient scaler's path).
     """
     if not recipe.amp:
         return None
     if recipe.amp_dtype == "bfloat16":
         return torch.bfloat16
     if recipe.amp_dtype == "float16":
-        if device.type == "cpu":
-            raise RecipeError("amp_dtype float16 is not supported on CPU; use bfloat16 or amp: false")
         return torch.float16
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
 
 
-def build_scaler(dtype: Optional[torch.dtype]) -> Optional[torch.amp.GradScaler]:
-    """A gradient scaler for float16 autocast (bfloat16 and float32 need none)."""
-    return torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+def build_scaler(dtype: Optional[torch.dtype], device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """A gradient scaler for float16 autocast on ``device`` (bfloat16 and float32 need none)."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 def build_mixup(recipe: "Recipe", info: DatasetInfo, num_classes: int) -> Optional[Callable]:

@@ -91,7 +91,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         dtype = amp_dtype(recipe, dist.device)
         run = Run(recipe=recipe, dist=dist, model=model, net=_wrap_model(model, recipe, dist), optimizer=optimizer,
                   scheduler=build_scheduler(recipe, optimizer), criterion=build_criterion(recipe, mixup is not None),
-                  mixup=mixup, amp_dtype=dtype, scaler=build_scaler(dtype), train_loader=train_batches,
+                  mixup=mixup, amp_dtype=dtype, scaler=build_scaler(dtype, dist.device), train_loader=train_batches,
                   eval_loader=eval_batches, folder=folder, log=log)
 
         # 6. the resumed state
