@@ -423,8 +423,8 @@ def merge_rounds(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         out["train_img_per_s"] = out["batch_size"] / out["train_step_s"]
     if "infer_s" in out and "batch_size" in out:
         out["infer_img_per_s"] = out["batch_size"] / out["infer_s"]
-    for key in ("train_peak_rss_mb", "peak_rss_mb", "train_peak_cuda_mb", "infer_peak_cuda_mb",
-                "train_first_step_s", "infer_first_s"):
+    for key in ("train_peak_rss_mb", "peak_rss_mb", "rss_after_build_mb", "train_peak_cuda_mb",
+                "infer_peak_cuda_mb", "train_first_step_s", "infer_first_s"):
         vals = [r[key] for r in good if r.get(key) is not None]
         if vals:
             out[key] = statistics.median(vals)
@@ -437,8 +437,13 @@ def _peak(r: Dict[str, Any]) -> Optional[float]:
 
 
 def ratios(r: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Optional[float]]:
-    """Speed-ups ``base/r`` (train, infer) and memory ``r/base`` (peak, saved for backward)."""
-    out: Dict[str, Optional[float]] = {"train": None, "infer": None, "peak": None, "saved": None}
+    """Speed-ups ``base/r`` (train, infer) and memory ``r/base`` (peak, peak above the built model, saved).
+
+    ``growth`` compares what the training step adds to the process after the model is built, leaving
+    out ``import torch`` and the libraries, whose resident size depends on the environment and the
+    page cache rather than on the code measured.
+    """
+    out: Dict[str, Optional[float]] = {"train": None, "infer": None, "peak": None, "saved": None, "growth": None}
     if "error" in r or "error" in base:
         return out
     if r.get("train_step_s") and base.get("train_step_s"):
@@ -447,6 +452,10 @@ def ratios(r: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Optional[float]
         out["infer"] = base["infer_s"] / r["infer_s"]
     if _peak(r) and _peak(base):
         out["peak"] = _peak(r) / _peak(base)
+        if "train_peak_rss_mb" in r and r.get("rss_after_build_mb") and base.get("rss_after_build_mb"):
+            grown = base["train_peak_rss_mb"] - base["rss_after_build_mb"]
+            if grown > 0:
+                out["growth"] = (r["train_peak_rss_mb"] - r["rss_after_build_mb"]) / grown
     rs, bs = r.get("saved", {}).get("mb", {}).get("total"), base.get("saved", {}).get("mb", {}).get("total")
     if rs and bs:
         out["saved"] = rs / bs
@@ -495,12 +504,14 @@ def print_table(results: List[Dict[str, Any]], baseline: Optional[Dict[str, Any]
 def print_ratio_block(ours: List[Dict[str, Any]], base: Dict[str, Any]) -> None:
     """Ratios of each of our configurations against one official configuration."""
     print(f"against official {base['precision']} (speed-up official/ours; memory ours/official):")
-    print(f"  {'ours':<30} {'train':>7} {'infer':>7} {'peak RSS':>9} {'saved':>7}")
+    print(f"  {'ours':<30} {'train':>7} {'infer':>7} {'peak RSS':>9} {'above build':>12} {'saved':>7}")
     for r in ours:
         q = ratios(r, base)
         name = f"{_label(r)}:{r['precision']}:{r['malloc']}:{r.get('mode', 'eager')}"
         print(f"  {name:<30} {_fmt(q['train'], '7.2f')} {_fmt(q['infer'], '7.2f')} {_fmt(q['peak'], '9.2f')} "
-              f"{_fmt(q['saved'], '7.2f')}")
+              f"{_fmt(q['growth'], '12.2f')} {_fmt(q['saved'], '7.2f')}")
+    print(f"  (process RSS after building the model: official {_fmt(base.get('rss_after_build_mb'), '.0f')} MB, ours "
+          + ", ".join(_fmt(r.get("rss_after_build_mb"), ".0f") for r in ours) + " MB)")
 
 
 def print_saved(results: List[Dict[str, Any]]) -> None:

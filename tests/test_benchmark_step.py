@@ -96,18 +96,21 @@ def test_official_configs_and_alternating_order():
 
 def test_merge_rounds_pools_steps_and_ratios():
     base = dict(impl="official", backend="auto", precision="fp32", malloc="system", mode="eager", batch_size=4)
-    runs = [dict(base, train_step_times_s=[3.0, 5.0], infer_times_s=[1.0], train_peak_rss_mb=1000.0),
-            dict(base, train_step_times_s=[4.0], infer_times_s=[2.0], train_peak_rss_mb=1200.0),
+    runs = [dict(base, train_step_times_s=[3.0, 5.0], infer_times_s=[1.0], train_peak_rss_mb=1000.0,
+                 rss_after_build_mb=500.0),
+            dict(base, train_step_times_s=[4.0], infer_times_s=[2.0], train_peak_rss_mb=1200.0,
+                 rss_after_build_mb=700.0),
             dict(base, error="killed")]
     m = step.merge_rounds(runs)
     assert m["train_step_s"] == 4.0 and m["train_step_min_s"] == 3.0
     assert m["train_step_round_medians_s"] == [4.0, 4.0] and m["infer_s"] == 1.5
     assert m["train_peak_rss_mb"] == 1100.0 and m["failed_rounds"] == ["killed"] and m["rounds"] == 3
     assert m["train_img_per_s"] == 1.0
-    ours = dict(base, impl="ours", train_step_s=2.0, infer_s=0.5, train_peak_rss_mb=550.0,
+    ours = dict(base, impl="ours", train_step_s=2.0, infer_s=0.5, train_peak_rss_mb=550.0, rss_after_build_mb=400.0,
                 saved={"mb": {"total": 10.0}})
     q = step.ratios(ours, dict(m, saved={"mb": {"total": 40.0}}))
-    assert q == {"train": 2.0, "infer": 3.0, "peak": 0.5, "saved": 0.25}
+    # growth: (550 - 400) over the official's (1100 - 600), the medians of its rounds
+    assert q == {"train": 2.0, "infer": 3.0, "peak": 0.5, "saved": 0.25, "growth": 0.3}
     assert step.ratios(ours, dict(base, error="x"))["train"] is None
     assert step.merge_rounds([dict(base, error="boom")])["error"] == "boom"
 

@@ -62,16 +62,21 @@ def _check_common(dataset: str, img_size: Any, augment: Any, img_size_optional: 
     _flag(dataset, "augment", augment)
 
 
-def _image_transform(dataset: str, train: bool, img_size: int, augment: bool, aa: Optional[str], reprob: float,
-                     interpolation: str, crop_pct: float, mean: Sequence[float], std: Sequence[float]):
-    from .images import build_image_transform
-
+def _check_augment(dataset: str, aa: Optional[str], reprob: float, interpolation: str) -> None:
+    """The augmentation options that every image data set takes: RandAugment, random erasing, interpolation."""
     if aa is not None and not isinstance(aa, str):
         _fail(dataset, "aa", aa, "a timm RandAugment string such as 'rand-m9-n1-mstd0.4-inc1', or null")
     if isinstance(reprob, bool) or not isinstance(reprob, Real) or not 0.0 <= reprob <= 1.0:
         _fail(dataset, "reprob", reprob, "a probability in [0, 1]")
     if interpolation not in INTERPOLATIONS:
         _fail(dataset, "interpolation", interpolation, f"one of {', '.join(INTERPOLATIONS)}")
+
+
+def _image_transform(dataset: str, train: bool, img_size: int, augment: bool, aa: Optional[str], reprob: float,
+                     interpolation: str, crop_pct: float, mean: Sequence[float], std: Sequence[float]):
+    from .images import build_image_transform
+
+    _check_augment(dataset, aa, reprob, interpolation)
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, Real) or not 0.0 < crop_pct <= 1.0:
         _fail(dataset, "crop_pct", crop_pct, "a fraction in (0, 1]")
     for option, values, positive in (("mean", mean, False), ("std", std, True)):
@@ -223,12 +228,7 @@ def _image_folder(root: Optional[str], train: bool, *, img_size: int = 32, T: Op
     _int(name, "padding", padding, 0, optional=True)
     if in_chans not in (None, 1, 3):
         _fail(name, "in_chans", in_chans, "1, 3 or null (follow the data)")
-    if aa is not None and not isinstance(aa, str):
-        _fail(name, "aa", aa, "a timm RandAugment string such as 'rand-m9-n1-mstd0.4-inc1', or null")
-    if isinstance(reprob, bool) or not isinstance(reprob, Real) or not 0.0 <= reprob <= 1.0:
-        _fail(name, "reprob", reprob, "a probability in [0, 1]")
-    if interpolation not in INTERPOLATIONS:
-        _fail(name, "interpolation", interpolation, f"one of {', '.join(INTERPOLATIONS)}")
+    _check_augment(name, aa, reprob, interpolation)
     chans = len(mean) if mean is not None else (in_chans or detect_in_chans(_checked_root(root)))
     prep = _image_folder_preprocessing(root, dict(img_size=img_size, interpolation=interpolation, crop_pct=crop_pct,
                                                   mean=mean, std=std), chans)
