@@ -5,8 +5,9 @@ Every configuration runs in a fresh subprocess, so peak process memory (RSS on C
 the library runs as a Python user imports it (nothing process-wide is tuned).
 A configuration is ``backend[:precision[:malloc[:mode[:saving]]]]``; ``--backends`` and ``--precision``
 build the list when ``--configs`` is not given (with ``--official``: default and lean, fp32 and bf16).
-``saving`` is ``default`` (the model as built: its fastest path), ``lean``
-(``model.set_grad_checkpointing(True)``) or ``bits`` (``model.set_spike_saving(True)``). ``malloc`` is
+``saving`` is ``default`` (the model as built: spikes saved as bits), ``plain`` (autograd's own saving,
+``model.set_spike_saving(False)``), ``lean`` (``model.set_grad_checkpointing(True)``) or ``bits``
+(``model.set_spike_saving(True)``, today the same as ``default``). ``malloc`` is
 ``glibc`` (the C library's allocator, as a user has it) or ``tcmalloc`` (``libtcmalloc_minimal.so.4``
 preloaded into that configuration's process with ``LD_PRELOAD``). ``mode`` is ``eager`` or
 ``compile`` (``torch.compile(model, fullgraph=True)``; the first warm-up step's extra time is
@@ -50,8 +51,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MALLOCS = ("glibc", "tcmalloc")
-#: what the model keeps for backward: as built, lean (set_grad_checkpointing) or spikes as bits
-SAVINGS = ("default", "lean", "bits")
+#: what the model keeps for backward: as built, autograd's own (bits off), lean (set_grad_checkpointing), bits
+SAVINGS = ("default", "plain", "lean", "bits")
 #: ours side by side with the official code when --configs is not given
 OFFICIAL_DEFAULT_CONFIGS = "fused:fp32,fused:bf16,fused:fp32::eager:lean,fused:bf16::eager:lean"
 TCMALLOC = "libtcmalloc_minimal.so.4"
@@ -252,6 +253,8 @@ def _build_ours(args: argparse.Namespace, cfg: Dict[str, Any], device: Any, resu
         model.set_grad_checkpointing(True)
     elif saving == "bits":
         model.set_spike_saving(True)
+    elif saving == "plain":  # autograd's own saving: spikes kept in their dtype
+        model.set_spike_saving(False)
     result["spike_bits"], result["lean"] = model.save_spikes_as_bits, model.grad_checkpointing
     if args.channels_last:  # 4-D weights only (the firing-rate buffers are 5-D)
         with torch.no_grad():

@@ -242,13 +242,13 @@ def test_build_official_substitutes_torch_backend_and_resets(tmp_path, monkeypat
 def test_worker_ours_reports_times_and_saved_spikes():
     args = step.build_parser().parse_args(
         ["--batch-size", "1", "--T", "1", "--img-size", "16", "--steps", "1", "--warmup", "0", "--no-infer"])
-    plain = step.run_worker(args, step._parse_config("fused:fp32", "bf16", "glibc"))  # the model as built
+    plain = step.run_worker(args, step._parse_config("fused:fp32:glibc:eager:plain", "bf16", "glibc"))
     assert plain["train_step_s"] > 0 and plain["train_peak_rss_mb"] > 0 and plain["img"] == 16
     assert not plain["spike_bits"] and not plain["lean"] and plain["malloc_status"] == "glibc"
     mb = plain["saved"]["mb"]
     assert mb["spike"] > 0 and mb["bits"] == 0 and mb["real"] > 0 and mb["params"] > 0
     assert mb["total"] == pytest.approx(sum(mb[k] for k in step.SAVED_KINDS))
-    bits = step.run_worker(args, step._parse_config("fused:fp32:glibc:eager:bits", "bf16", "glibc"))
+    bits = step.run_worker(args, step._parse_config("fused:fp32", "bf16", "glibc"))  # the model as built: bits
     assert bits["spike_bits"] and bits["saved"]["mb"]["spike"] < 0.01 * mb["spike"] and bits["saved"]["mb"]["bits"] > 0
     assert bits["saved"]["mb"]["total"] < mb["total"]
     lean = step.run_worker(args, step._parse_config("fused:fp32::eager:lean", "bf16", "glibc"))

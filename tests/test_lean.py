@@ -18,9 +18,11 @@ from conftest import load_fixture
 
 
 def _tiny(neuron: str = "lif", dtype: torch.dtype = torch.float32) -> sr.SpikingResformer:
+    """A small model with autograd's own saving (spike bits off), the baseline of the comparisons."""
     torch.manual_seed(0)
     return sr.SpikingResformer(planes=(16, 32, 64), num_heads=(1, 2, 4), prologue="cifar", img_size=16,
-                               num_classes=10, group_size=16, T=2, neuron=neuron).to(dtype)
+                               num_classes=10, group_size=16, T=2, neuron=neuron,
+                               save_spikes_as_bits=False).to(dtype)
 
 
 def _train_twice(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32"):
@@ -63,6 +65,11 @@ def test_lean_and_bits_identical_to_default(neuron, dtype, precision, mode):
     y = torch.tensor([1, 2, 3])
     _assert_identical(_train_twice(base, x, y, precision), _train_twice(other, x, y, precision))
     assert base.layers[0][0].rates_seen.all()  # the buffers really moved
+
+
+def test_spike_bits_are_on_by_default_and_off_in_lean_mode():
+    m = sr.create_model("spikingresformer_cifar", img_size=8, T=1)
+    assert m.save_spikes_as_bits and not m.grad_checkpointing
 
 
 def test_lean_matches_the_official_float64_fixture():

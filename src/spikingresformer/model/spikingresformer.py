@@ -328,7 +328,8 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: average DSSA firing rates over ranks under ``torch.distributed``.
         global_pool: ``"avg"`` (global average pooling before the classifier) or ``""`` (none).
         save_spikes_as_bits: keep the spikes that autograd saves for backward at one bit per element
-            (identical gradients, less memory, a little slower; :meth:`set_spike_saving` switches it).
+            (on by default: identical gradients, 29-32 % less saved for backward at the same step time
+            as measured in docs/performance.md; :meth:`set_spike_saving` switches it).
         memory_format: layout of the feature maps: ``"contiguous"``, ``"channels_last"`` (time and
             batch outermost, channels innermost) or ``"auto"`` (channels-last under CPU bfloat16
             autocast, where it is faster). Results are the same up to floating-point rounding.
@@ -357,7 +358,7 @@ class SpikingResformer(nn.Module):
         sync_firing_rates: bool = True,
         memory_format: str = "auto",
         global_pool: str = "avg",
-        save_spikes_as_bits: bool = False,
+        save_spikes_as_bits: bool = True,
         **kwargs: Any,
     ):
         super().__init__()
