@@ -12,7 +12,7 @@ import spikingresformer as sr
 from conftest import FIXTURES
 from spikingresformer.energy.cli import calibrate_batchnorm
 from spikingresformer.model import DSSA
-from spikingresformer.neurons import MultiStepNeuron
+from spikingresformer.fidelity import neuron_outputs
 
 #: the six published variants (the fixture's official_state_dict_keys.json covers each)
 PUBLISHED = sorted(f"spikingresformer_{v}" for v in ("ti", "s", "m", "l", "dvsg", "cifar"))
@@ -62,17 +62,9 @@ def _firing(model, x):
     neuron is silent, and a comparison of two paths through it would not see the spiking layers at all.
     """
     calibrate_batchnorm(model, [x])
-    model.eval()
-    silent = []
-    handles = [mod.register_forward_hook(lambda mod, i, o, n=n: silent.append(n) if not o.any() else None)
-               for n, mod in model.named_modules() if isinstance(mod, MultiStepNeuron)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    assert handles and not silent, silent
+    _, spikes = neuron_outputs(model.eval(), x)
+    silent = [name for name, s in spikes.items() if not s.any()]
+    assert spikes and not silent, silent
     return model
 
 

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["LoadResult", "CheckpointError", "CheckpointNotFoundError", "read_checkpoint_file", "read_state_dict",
-           "load_checkpoint", "save_weights"]
+__all__ = ["LoadResult", "CheckpointError", "CheckpointNotFoundError", "file_kind", "read_checkpoint_file",
+           "read_state_dict", "load_checkpoint", "save_weights", "unwrap_model"]
 
 PathLike = Union[str, os.PathLike]
 #: key of a model's JSON description (``config.json``'s content) in a ``.safetensors`` header
@@ -55,7 +55,7 @@ def _strip_prefixes(state: Dict[str, Any]) -> Dict[str, Any]:
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _sniff(path: Path) -> str:
+def file_kind(path: Path) -> str:
     """What a file holds, judged by its first bytes: ``torch``, ``torch-legacy`` or ``safetensors``.
 
     Raises :class:`CheckpointError` naming what the file is when it is none of them.
@@ -97,7 +97,7 @@ def read_checkpoint_file(path: PathLike) -> Any:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
-    kind = _sniff(path)
+    kind = file_kind(path)
     if kind == "safetensors":
         from safetensors.torch import load_file
 
@@ -206,7 +206,7 @@ def load_checkpoint(
     return out
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
         inner = getattr(model, "module", None)
@@ -235,7 +235,7 @@ def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: Path
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files; got {path.name!r}")
     if isinstance(model, nn.Module):
-        model = _unwrap(model).state_dict()
+        model = unwrap_model(model).state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in model.items()}
     meta = {"format": "pt", **(metadata or {})}
     if config is not None:

@@ -25,8 +25,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .checkpoint import (CONFIG_KEY, CheckpointError, CheckpointNotFoundError, _unwrap, load_checkpoint, read_checkpoint_file,
-                         read_state_dict, save_weights)
+from .checkpoint import (CONFIG_KEY, CheckpointError, CheckpointNotFoundError, file_kind, load_checkpoint,
+                         read_checkpoint_file, read_state_dict, save_weights, unwrap_model)
 
 __all__ = [
     "CONFIG_NAME",
@@ -155,7 +155,7 @@ def config_from_model(model: nn.Module, architecture: str, model_args: Optional[
                       class_names: Optional[Sequence[str]] = None,
                       extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The description of a built model: sizes from the model, preprocessing from its ``pretrained_cfg``."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     in_chans = int(getattr(model, "in_chans", 3))
     mean, std = cfg.get("mean", (0.5,) * in_chans), cfg.get("std", (0.5,) * in_chans)
@@ -220,7 +220,7 @@ def save_pretrained(model: Union[nn.Module, Mapping[str, torch.Tensor]], folder:
     """Write a model folder: ``config.json`` and ``model.safetensors`` (which also carries ``config``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = _unwrap(model).state_dict() if isinstance(model, nn.Module) else dict(model)
+    state = unwrap_model(model).state_dict() if isinstance(model, nn.Module) else dict(model)
     save_weights(state, folder / WEIGHTS_NAME, config=config)
     _write_config(folder, config)
     return folder
@@ -263,12 +263,6 @@ def _safetensors_config(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(text) if text else None
 
 
-def _sniff_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
 def _recipe_of(config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     recipe = (config.get("spikingresformer") or {}).get("recipe")
     return dict(recipe) if isinstance(recipe, dict) else None
@@ -299,7 +293,7 @@ def resolve_source(source: PathLike) -> ModelSource:
             return ModelSource(config_from_recipe(recipe, read_state_dict(weights)), weights, recipe)
         raise NoModelDescription(f"{path} has no {CONFIG_NAME}: it does not say which model its weights hold")
     sibling = path.parent / CONFIG_NAME
-    if path.is_file() and path.stat().st_size > 8 and _sniff_safetensors(path):
+    if file_kind(path) == "safetensors":
         config = _safetensors_config(path)
         if config is None and sibling.is_file():
             config = _read_json(sibling)
@@ -370,8 +364,8 @@ def build_for_command(model_name: Optional[str], checkpoint: Optional[PathLike],
             if model_name is None:
                 raise
     if model_name is None:
-        raise NoModelDescription("no model given: pass --model NAME, or a run folder / model folder / weight file "
-                         "that carries config.json")
+        raise NoModelDescription("no model given: pass --model NAME, or a run folder / model folder / weight "
+                                 "file that carries config.json")
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     if checkpoint is not None and "num_classes" not in kwargs:
         kwargs.update({k: v for k, v in _state_shapes(read_state_dict(checkpoint)).items() if k == "num_classes"})

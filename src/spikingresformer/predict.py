@@ -76,6 +76,7 @@ def _label(names: Optional[Sequence[str]], index: int) -> str:
 def predict(model: nn.Module, images: Sequence[Union[str, Path]], top_k: int = 5,
             batch_size: int = 32) -> List[Prediction]:
     """Classify image files with ``model`` (in eval mode); an unreadable file gets ``error`` and no classes."""
+    from .data.errors import ImageFileError
     from .data.image_folder import open_image
 
     if top_k < 1:
@@ -92,7 +93,7 @@ def predict(model: nn.Module, images: Sequence[Union[str, Path]], top_k: int = 5
         try:
             tensors.append(transform(open_image(path, chans)))
             readable.append(i)
-        except (OSError, ValueError) as e:
+        except ImageFileError as e:
             results[i].error = str(e)
     k = min(top_k, int(getattr(model, "num_classes", top_k)))
     model.eval()
@@ -115,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files (png, jpg, bmp, ...)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 

@@ -10,12 +10,11 @@ exactly at the threshold can flip a spike; :func:`count_spike_flips` measures ho
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, Tuple
 
 import torch
 from torch import nn
 
-from ..neurons import MultiStepNeuron
 from .layers import SeqBatchNorm2d, SeqConv2d
 
 __all__ = ["fuse_for_inference", "fold_batchnorm", "count_spike_flips"]
@@ -80,26 +79,14 @@ def _no_training(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def _spikes(model: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
-    out: List[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: out.append(o.detach()))
-             for m in model.modules() if isinstance(m, MultiStepNeuron)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
-
-
 def count_spike_flips(model: nn.Module, fused: nn.Module, x: torch.Tensor) -> Dict[str, float]:
     """How many spikes differ between ``model`` (eval) and its folded copy on input ``x``."""
-    model.eval()
-    a, b = _spikes(model, x), _spikes(fused, x)
-    if len(a) != len(b):
-        raise ValueError(f"the models have different neuron layers ({len(a)} against {len(b)})")
-    flips = sum(int((p != q).sum()) for p, q in zip(a, b))
-    total = sum(p.numel() for p in a)
-    spikes = sum(int(p.sum()) for p in a)
-    return {"flipped": flips, "spikes": spikes, "elements": total, "flip_rate": flips / max(total, 1)}
+    from ..fidelity import compare, neuron_outputs
+
+    ref_out, ref = neuron_outputs(model.eval(), x)
+    out, got = neuron_outputs(fused, x)
+    fid = compare(ref_out, out, list(ref.values()), list(got.values()))
+    flipped = sum(layer.flipped for layer in fid.layers)
+    elements = sum(layer.elements for layer in fid.layers)
+    spikes = sum(int(s.sum()) for s in ref.values())
+    return {"flipped": flipped, "spikes": spikes, "elements": elements, "flip_rate": fid.flip_rate}

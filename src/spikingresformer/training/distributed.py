@@ -33,7 +33,6 @@ __all__ = [
     "ShardedEvalSampler",
     "DistributedBatchNorm2d",
     "convert_sync_batchnorm",
-    "unwrap",
 ]
 
 
@@ -171,13 +170,3 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
     return convert(model)
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module  # type: ignore[assignment]
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
