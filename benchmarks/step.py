@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkout of the official SpikingResformer repository: measure its model too")
     p.add_argument("--official-python", default=None, metavar="PY",
                    help="Python of the environment with spikingjelly 0.0.0.0.14 that runs the official model")
+    p.add_argument("--official-path", default=None, metavar="DIR",
+                   help="folder with spikingjelly 0.0.0.0.14 (pip install --no-deps --target DIR): the official "
+                        "model then runs on this Python, put first on its PYTHONPATH, so both sides map the same "
+                        "torch files (a second copy of the same wheel can differ by ~150 MB of resident pages)")
     p.add_argument("--official-precision", default="fp32",
                    help="comma list of precisions for the official model; fp32 always runs (the baseline)")
     p.add_argument("--official-backend", default="auto", choices=("auto", "torch", "cupy"),
@@ -545,14 +549,14 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 
-def probe_official_python(python: str) -> Dict[str, str]:
+def probe_official_python(python: str, path: Optional[str] = None) -> Dict[str, str]:
     """Versions of torch and spikingjelly in the official environment; a clear error where it is unusable."""
     if not (os.path.isfile(python) and os.access(python, os.X_OK)):
         raise SystemExit(f"--official-python: expected an executable Python, got {python!r}")
     code = ("import json, importlib.metadata as m, torch; "
             "print(json.dumps({'torch': torch.__version__, 'spikingjelly': m.version('spikingjelly'), "
             "'timm': m.version('timm')}))")
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=_official_env())
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=_official_env(path))
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"--official-python {python}: expected an environment with torch, spikingjelly and timm; "
@@ -560,9 +564,12 @@ def probe_official_python(python: str) -> Dict[str, str]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _official_env() -> Dict[str, str]:
+def _official_env(path: Optional[str] = None) -> Dict[str, str]:
+    """The official side's environment: its own packages only, or ``path`` first (``--official-path``)."""
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # the official environment runs on its own packages only
+    env.pop("PYTHONPATH", None)
+    if path:
+        env["PYTHONPATH"] = os.path.abspath(path)
     return env
 
 
@@ -614,12 +621,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         ours = [_parse_config(b, args.precision, args.malloc) for b in backends.split(",")]
     official: List[Dict[str, Any]] = []
     versions: Dict[str, str] = {}
-    if args.official_python and not args.official:
-        raise SystemExit("--official-python needs --official DIR (a checkout of the official repository)")
+    if (args.official_python or args.official_path) and not args.official:
+        raise SystemExit("--official-python/--official-path need --official DIR (a checkout of the official repository)")
     if args.official:
+        if args.official_path and not args.official_python:
+            args.official_python = sys.executable
         if not args.official_python:
-            raise SystemExit("--official needs --official-python PY: the Python of an environment with "
-                             "spikingjelly 0.0.0.0.14, timm and the same torch as ours")
+            raise SystemExit("--official needs --official-path DIR (spikingjelly 0.0.0.0.14 installed there) or "
+                             "--official-python PY (an environment with spikingjelly 0.0.0.0.14, timm and torch)")
         if _HERE not in sys.path:
             sys.path.append(_HERE)
         import official_model
@@ -628,7 +637,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             official_model.check_checkout(args.official)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-        versions = probe_official_python(args.official_python)
+        versions = probe_official_python(args.official_python, args.official_path)
         img, num_classes = _variant_shape(args.model, args.img_size)
         official = [dict(c, img=img, num_classes=num_classes)
                     for c in official_configs(args.official_precision, args.official_backend)]
@@ -637,7 +646,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runs: Dict[str, List[Dict[str, Any]]] = {}
     for cfg in run_order(official, ours, rounds):
         if cfg["impl"] == "official":
-            python, env = args.official_python, _official_env()
+            python, env = args.official_python, _official_env(args.official_path)
         else:
             python, env = sys.executable, _ours_env(cfg["malloc"])
         r = _run_one(cfg, passthrough, python, env)
@@ -654,7 +663,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if official:
         same = "same torch" if versions.get("torch") == torch.__version__ else "DIFFERENT torch"
         digest = official_model.code_digest(args.official)
-        print(f"official: {args.official} (model files sha256 {digest}), python {args.official_python}: "
+        where = f"python {args.official_python}" + (f" with {args.official_path} first" if args.official_path else "")
+        print(f"official: {args.official} (model files sha256 {digest}), {where}: "
               f"torch {versions.get('torch')} ({same}), spikingjelly {versions.get('spikingjelly')}, "
               f"timm {versions.get('timm')}; {rounds} alternating rounds")
         if versions.get("spikingjelly") != official_model.EXPECTED_SPIKINGJELLY:
