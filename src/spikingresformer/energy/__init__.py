@@ -1,34 +1,11 @@
-"""Energy and firing-rate analysis: per-layer MACs, SOPs, firing rates and energies (``docs/energy.md``).
-
-``analyze(model, inputs)`` runs a model in eval mode on a batch and returns an :class:`EnergyReport`;
-:class:`EnergyMeter` counts during any forward loop (e.g. an evaluation pass); :func:`summarize` gives a
-one-line summary for logs. :func:`energy_models` adds the memory-aware estimate and the equivalent
-networks that do not spike; :func:`crosscheck` compares the counts with SpikingJelly 2.0's counter
-(an optional extra).
-"""
+"""Energy and firing-rate analysis: per-layer MACs, SOPs, firing rates and energies (``docs/energy.md``)."""
 
 from .counting import EnergyMeter, analyze, official_param_count, stage_of
 from .sj_crosscheck import CrossCheck, crosscheck, spikingjelly_available
-from .memory import (
-    MemoryCosts,
-    break_even_rate,
-    energy_models,
-    equivalent_energy,
-    memory_energy,
-    quantized_bits,
-    render_energy_models,
-)
-from .report import (
-    CONVENTIONS,
-    E_AC_PJ,
-    E_MAC_PJ,
-    EnergyReport,
-    LayerRecord,
-    NeuronRecord,
-    render_table,
-    sops_to_mj,
-    summarize,
-)
+from .memory import (MemoryCosts, break_even_rate, energy_models, equivalent_energy, memory_energy, quantized_bits,
+                     render_energy_models)
+from .report import (CONVENTIONS, E_AC_PJ, E_MAC_PJ, EnergyReport, LayerRecord, NeuronRecord, render_table, sops_to_mj,
+                     summarize)
 
 __all__ = [
     "CONVENTIONS",

@@ -1,20 +1,13 @@
 """``spikingresformer energy``: per-layer MACs, SOPs, firing rates and energy of a model on a batch.
 
-Prints a table per stage and per layer with totals under every energy model (``docs/energy.md``),
-the equivalent networks that do not spike and, with ``--crosscheck``, the per-layer agreement with
-SpikingJelly 2.0's counter. With ``--output DIR`` it writes ``energy.json``, ``layers.csv``,
-``neurons.csv``, ``energy_models.csv``, ``table.txt``, ``firing_rates.png``, ``sops_per_layer.png``,
-``energy_models.png``, ``memory_per_layer.png`` (and ``crosscheck.json`` / ``crosscheck.txt``).
-
-The options that name a model or its input are the recipe keys of ``train`` and ``evaluate``
-(``-c recipe.yaml``, ``--model``, ``--T``, ``--img-size``, ``--num-classes``, ``--dataset``,
-``--data-root``, ``--batch-size``): a recipe gives their defaults, a flag overrides it. The other
-options describe the measurement (which batches, which constants), which no recipe holds.
+Options and output files: ``docs/energy.md``. The options that name a model or its input are the recipe
+keys of ``train`` and ``evaluate``: a recipe (``-c``) gives their defaults, a flag overrides it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -22,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .counting import analyze
+from .counting import analyze, model_mode
 from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, render_table, summarize
 
 __all__ = ["add_arguments", "apply_recipe", "run", "main", "build_inputs", "calibrate_batchnorm", "write_outputs"]
@@ -73,10 +66,7 @@ RECIPE_KEYS = {"model": "model", "T": "T", "img_size": "img_size", "num_classes"
 
 
 def apply_recipe(args: argparse.Namespace) -> Optional[object]:
-    """Fill the recipe-key flags the user left unset from ``--config``; returns the recipe (or ``None``).
-
-    Without a recipe, ``--data`` defaults to ``random``. ``--model`` is required one way or the other.
-    """
+    """Fill the recipe-key flags left unset from ``--config``; returns the recipe (or ``None``)."""
     recipe = None
     if getattr(args, "config", None):
         from ..training.recipe import load_recipe
@@ -102,10 +92,7 @@ def _variant_defaults(name: str) -> Tuple[Tuple[int, int, int], int]:
 
 
 def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> Tuple[List[torch.Tensor], dict]:
-    """The input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``).
-
-    A dataset is read with the recipe's data settings (split, cache, normalisation) when one is given.
-    """
+    """The input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``)."""
     from .. import VARIANTS
 
     if args.model not in VARIANTS:
@@ -127,10 +114,8 @@ def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> T
         event = args.event or args.model.endswith("_dvsg")
         g = torch.Generator().manual_seed(args.seed)
         shape = (args.batch_size, T, c, h, w) if event else (args.batch_size, c, h, w)
-        if args.data == "zeros":
-            x = torch.zeros(shape)
-        elif args.data == "ones":
-            x = torch.ones(shape)
+        if args.data != "random":
+            x = torch.full(shape, 1.0 if args.data == "ones" else 0.0)
         elif event:
             x = torch.poisson(torch.full(shape, 0.2), generator=g)  # sparse per-pixel event counts
         else:
@@ -139,12 +124,10 @@ def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> T
 
     from torch.utils.data import DataLoader
 
-    from ..data import build_dataset
+    from ..data import build_dataset, dataset_options
 
     if h != w:
         raise ValueError("dataset input needs a square size (--img-size)")
-    from ..data import dataset_options
-
     options: dict = {}
     if recipe is not None:  # the recipe's data settings, as training passes them to the data set
         from ..training.builders import data_options
@@ -156,40 +139,29 @@ def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> T
     dataset, info = build_dataset(args.data, args.data_root, train=False, **options)
     opts["in_chans"] = info.in_chans
     opts.setdefault("num_classes", info.num_classes)
-    batches = []
-    for i, batch in enumerate(DataLoader(dataset, batch_size=args.batch_size, shuffle=False)):
-        if i >= args.batches:
-            break
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batches.append(x)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    batches = [b[0] if isinstance(b, (tuple, list)) else b for b in itertools.islice(loader, args.batches)]
     if info.event:
         opts["T"] = int(batches[0].shape[1])
     return batches, opts
 
 
 def calibrate_batchnorm(model: torch.nn.Module, batches: List[torch.Tensor]) -> None:
-    """Replace BatchNorm running statistics by their average over train-mode passes on ``batches``.
-
-    This changes the model (as the fixtures' "statistics re-estimated" step does); the DSSA firing-rate
-    buffers of a fresh model also take the batch's rates. Gradients are not computed.
-    """
+    """Replace BatchNorm running statistics (and a fresh model's DSSA firing rates) by their average over
+    train-mode passes on ``batches``, as the fixtures' "statistics re-estimated" step does."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
-    flags = {m: m.training for m in model.modules()}
     device = next(model.parameters()).device
     try:
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the passes
-        model.train()
-        with torch.no_grad():
+        with model_mode(model, True):
             for x in batches:
                 model(x.to(device))
     finally:
         for bn, mom in zip(bns, momenta):
             bn.momentum = mom
-        for m, flag in flags.items():
-            m.training = flag
 
 
 def write_outputs(report: EnergyReport, table: str, out: Path, plots: bool, check=None) -> List[Path]:
@@ -245,19 +217,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     check = None
     if args.crosscheck:
-        from .sj_crosscheck import crosscheck, spikingjelly_available, INSTALL_HINT
+        from .sj_crosscheck import crosscheck
 
-        if not spikingjelly_available():
-            print(f"error: --crosscheck needs SpikingJelly 2.0's op_counter; install it with: {INSTALL_HINT}",
-                  file=sys.stderr)
+        try:
+            check = crosscheck(model, batches[0], T=opts["T"])
+        except ImportError as e:  # SpikingJelly 2.0 is not installed; the message says how to install it
+            print(f"error: --crosscheck: {e}", file=sys.stderr)
             return 2
-        check = crosscheck(model, batches[0], T=opts["T"])
-    table = render_table(report)
-    if check is not None:
-        table += "\n\n" + check.render()
-    print(table)
-    print()
-    print(summarize(report))
+    table = render_table(report) + ("" if check is None else "\n\n" + check.render())
+    print(f"{table}\n\n{summarize(report)}")
     if report.mean_firing_rate < 1e-3 and not args.checkpoint and not args.calibrate_bn:
         print("note: fresh weights with default BatchNorm statistics barely spike in eval mode; "
               "add --calibrate-bn to re-estimate the statistics on the input first")

@@ -1,33 +1,12 @@
-"""Operation and spike counting with forward hooks (conventions: ``docs/energy.md``).
-
-:class:`EnergyMeter` attaches read-only forward hooks to every convolution, linear layer,
-:class:`~spikingresformer.model.layers.SpikingMatmul`, BatchNorm and spiking neuron of a model and
-accumulates, over every forward call while it is attached:
-
-* dense multiply-accumulates (MACs) of each counted layer, as if every activation were non-zero;
-* synaptic operations (SOPs): the additions that the non-zero entries of a layer's input trigger,
-  counted exactly (border effects, stride, padding and groups included);
-* BatchNorm output elements (the official tool counts 4 operations for each), and which counted
-  layer each BatchNorm follows (so a memory-aware model can treat it as a folded bias);
-* output elements, steps actually computed, and the weight operand's size of each counted layer
-  (what the memory-aware model of :mod:`spikingresformer.energy.memory` needs);
-* spikes and neuron-steps of every neuron layer (firing rates).
-
-A layer's input counts as *spikes* when two things hold: it is (a view of) the output of a
-:class:`~spikingresformer.neurons.MultiStepNeuron` of the same forward call (structural test), and
-every value seen is 0 or 1 (value test). Both results are kept in the records, so a reader can see
-why a layer was or was not counted. The stem convolution of an event model receives binary-looking
-event frames but follows no neuron, so it stays a real-input layer, as in the official convention.
-
-:func:`analyze` runs a model in eval mode on one batch (or an iterable of batches) under a meter and
-returns an :class:`~spikingresformer.energy.report.EnergyReport`.
-"""
+"""Operation and spike counting with read-only forward hooks (conventions, spike test: ``docs/energy.md``)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +34,8 @@ def stage_of(name: str) -> str:
 
 
 def official_param_count(model: nn.Module) -> Tuple[int, int]:
-    """``(params, params_without_bn)``: conv, linear and BatchNorm parameters as the official tool counts them.
-
-    Parameters of other modules (PLIF's ``w``) are left out, as the official thop-based count does.
-    """
+    """``(params, params_without_bn)``: conv, linear and BatchNorm parameters (not PLIF's ``w``), as the official
+    thop-based tool counts them."""
     total = no_bn = 0
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
@@ -71,8 +48,7 @@ def official_param_count(model: nn.Module) -> Tuple[int, int]:
 
 def _root(t: torch.Tensor) -> torch.Tensor:
     """The tensor that owns ``t``'s memory (``t`` itself unless it is a view)."""
-    base = t._base
-    return t if base is None else base
+    return t if t._base is None else t._base
 
 
 class _LayerAcc:
@@ -82,7 +58,6 @@ class _LayerAcc:
         self.name = name
         self.kind = kind
         self.module = module
-        self.calls = 0
         self.dense_macs = 0  # MACs summed over images and steps (python int, exact)
         self.sops: Optional[torch.Tensor] = None  # float64 scalar: triggered additions, all images/steps
         self.nonzero: Optional[torch.Tensor] = None  # non-zero input entries (spike operand)
@@ -98,12 +73,6 @@ class _LayerAcc:
         self.integer = True  # every input value was a whole number (event counts, spikes)
         self.adds_bias = False  # own bias, or a BatchNorm reads this layer's output (it folds into a bias)
 
-    def add(self, sops: torch.Tensor, nonzero: torch.Tensor, numel: int, binary: torch.Tensor) -> None:
-        self.sops = sops if self.sops is None else self.sops + sops
-        self.nonzero = nonzero if self.nonzero is None else self.nonzero + nonzero
-        self.numel += numel
-        self.binary = binary if self.binary is None else self.binary & binary
-
 
 class _NeuronAcc:
     """Running sums for one neuron layer."""
@@ -113,36 +82,22 @@ class _NeuronAcc:
         self.kind = kind
         self.spikes: Optional[torch.Tensor] = None
         self.numel = 0
-        self.calls = 0
 
-    def add(self, spikes: torch.Tensor, numel: int) -> None:
-        self.spikes = spikes if self.spikes is None else self.spikes + spikes
-        self.numel += numel
+
+def _plus(total: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``total + x``, where ``None`` is an empty sum."""
+    return x if total is None else total + x
 
 
 class EnergyMeter:
     """Counts MACs, SOPs, BatchNorm elements and spikes of every forward call while attached.
 
-    Use as a context manager around ordinary forward calls (any mode; the hooks only read)::
-
-        with EnergyMeter(model) as meter:
-            for x, _ in loader:
-                model(x)
-        report = meter.report()
-
-    Each call of ``model`` is one batch: ``[B, C, H, W]`` images (repeated over ``T`` steps, ``T``
-    taken from ``model.T`` unless given) or ``[B, T, C, H, W]`` event frames.
+    A context manager; each model call is one batch of ``[B, C, H, W]`` images (repeated over ``T``
+    steps, ``T`` from ``model.T`` unless given) or ``[B, T, C, H, W]`` event frames.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        T: Optional[int] = None,
-        e_mac_pj: float = E_MAC_PJ,
-        e_ac_pj: float = E_AC_PJ,
-        model_name: Optional[str] = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, *, T: Optional[int] = None, e_mac_pj: float = E_MAC_PJ,
+                 e_ac_pj: float = E_AC_PJ, model_name: Optional[str] = None) -> None:
         self.model = model
         self.T_override = T
         self.e_mac_pj = float(e_mac_pj)
@@ -164,8 +119,6 @@ class EnergyMeter:
         self._spike_roots: Dict[int, weakref.ReferenceType] = {}
         self._layer_outputs: Dict[int, Tuple[weakref.ReferenceType, str]] = {}
         self._last_layer: Optional[Tuple[str, Tuple[int, ...]]] = None  # last counted layer, its sample shape
-
-    # -- attach / detach ---------------------------------------------------------------------------
 
     def __enter__(self) -> "EnergyMeter":
         self.attach()
@@ -199,8 +152,6 @@ class EnergyMeter:
         self._handles.clear()
         self._spike_roots.clear()
         self._layer_outputs.clear()
-
-    # -- per-call bookkeeping ----------------------------------------------------------------------
 
     def _on_model_input(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
         x = args[0] if args else None
@@ -245,16 +196,14 @@ class EnergyMeter:
         ref = self._spike_roots.get(id(_root(t)))
         return ref is not None and ref() is _root(t)
 
-    # -- hooks -------------------------------------------------------------------------------------
-
     def _neuron_hook(self, name: str):
         def hook(module: nn.Module, args: Tuple[Any, ...], out: torch.Tensor) -> None:
             with torch.no_grad():
                 acc = self._neurons.get(name)
                 if acc is None:
                     acc = self._neurons[name] = _NeuronAcc(name, getattr(module, "kind", "") or type(module).__name__)
-                acc.calls += 1
-                acc.add(torch.count_nonzero(out.detach()).double(), out.numel())  # outputs are 0/1 spikes
+                acc.spikes = _plus(acc.spikes, torch.count_nonzero(out.detach()).double())  # 0/1 outputs
+                acc.numel += out.numel()
                 root = _root(out)
                 self._spike_roots[id(root)] = weakref.ref(root)
                 self._last_layer = None
@@ -281,7 +230,6 @@ class EnergyMeter:
                 acc = self._layers.get(name)
                 if acc is None:
                     acc = self._layers[name] = _LayerAcc(name, kind, module)
-                acc.calls += 1
                 counter(acc, module, args, out)
                 if getattr(module, "bias", None) is not None:
                     acc.adds_bias = True
@@ -305,23 +253,21 @@ class EnergyMeter:
         """Fold one call's spike-operand statistics (and its output size) into ``acc``."""
         acc.after_neuron = acc.after_neuron and self._is_spike_source(x)
         acc.input_shape = tuple(int(s) for s in x.shape)
-        acc.add(sops_one_pass * repeat, nonzero * repeat, x.numel() * repeat, binary)
+        acc.sops = _plus(acc.sops, sops_one_pass * repeat)
+        acc.nonzero = _plus(acc.nonzero, nonzero * repeat)
+        acc.numel += x.numel() * repeat
+        acc.binary = binary if acc.binary is None else acc.binary & binary
         acc.outputs += out.numel() * repeat
         acc.computed += samples
         if value_sops is None:
             acc.negative = True
         else:
-            v = value_sops * repeat
-            acc.value_sops = v if acc.value_sops is None else acc.value_sops + v
+            acc.value_sops = _plus(acc.value_sops, value_sops * repeat)
 
     def _count_conv(self, acc: _LayerAcc, m: nn.Conv2d, args: Tuple[Any, ...], out: torch.Tensor) -> None:
         x = args[0]
-        if x.dim() == 5:
-            samples = int(x.shape[0] * x.shape[1])
-            x4 = x.flatten(0, 1)
-        else:
-            samples = int(x.shape[0]) if x.dim() == 4 else 1
-            x4 = x if x.dim() == 4 else x.unsqueeze(0)
+        x4 = x.reshape(-1, *x.shape[-3:])  # [T*B | B | 1, C, H, W]
+        samples = int(x4.shape[0])
         repeat = self._repeat(samples, acc.name)
         kh, kw = m.kernel_size
         acc.dense_macs += out.numel() * (m.in_channels // m.groups) * kh * kw * repeat
@@ -391,8 +337,6 @@ class EnergyMeter:
         self._add_input(acc, spikes, nonzero * factor, repeat, nonzero, binary, out, samples,
                         nonzero * factor if bool(binary) else None)
 
-    # -- results -----------------------------------------------------------------------------------
-
     def reset(self) -> None:
         """Forget everything counted so far (hooks stay attached)."""
         self._layers.clear()
@@ -415,36 +359,24 @@ class EnergyMeter:
         layers = []
         for acc in self._layers.values():
             binary = bool(acc.binary.item()) if acc.binary is not None else False
-            params = sum(p.numel() for p in acc.module.parameters(recurse=False))
-            layers.append(
-                LayerRecord(
-                    name=acc.name,
-                    stage=stage_of(acc.name),
-                    kind=acc.kind,
-                    spike_input=binary and acc.after_neuron,
-                    macs_per_step=per(acc.dense_macs, image_steps),
-                    sops=float(acc.sops.item()) / images if acc.sops is not None else 0.0,
-                    input_rate=float(acc.nonzero.item()) / acc.numel if acc.numel else 0.0,
-                    after_neuron=acc.after_neuron,
-                    binary_input=binary,
-                    params=int(params),
-                    input_shape=list(acc.input_shape),
-                    outputs_per_step=per(acc.outputs, image_steps),
-                    steps_computed=per(acc.computed, images),
-                    input_nonzero=float(acc.nonzero.item()) / images if acc.nonzero is not None else 0.0,
-                    weight_elements=acc.weight_elements,
-                    adds_bias=acc.adds_bias,
-                    value_sops=(float(acc.value_sops.item()) / images
-                                if acc.value_sops is not None and not acc.negative else None),
-                    integer_input=acc.integer,
-                )
-            )
+            layers.append(LayerRecord(
+                name=acc.name, stage=stage_of(acc.name), kind=acc.kind, spike_input=binary and acc.after_neuron,
+                macs_per_step=per(acc.dense_macs, image_steps),
+                sops=float(acc.sops.item()) / images if acc.sops is not None else 0.0,
+                input_rate=float(acc.nonzero.item()) / acc.numel if acc.numel else 0.0,
+                after_neuron=acc.after_neuron, binary_input=binary,
+                params=int(sum(p.numel() for p in acc.module.parameters(recurse=False))),
+                input_shape=list(acc.input_shape), outputs_per_step=per(acc.outputs, image_steps),
+                steps_computed=per(acc.computed, images),
+                input_nonzero=float(acc.nonzero.item()) / images if acc.nonzero is not None else 0.0,
+                weight_elements=acc.weight_elements, adds_bias=acc.adds_bias,
+                value_sops=(float(acc.value_sops.item()) / images
+                            if acc.value_sops is not None and not acc.negative else None),
+                integer_input=acc.integer,
+            ))
         neurons = [
             NeuronRecord(
-                name=acc.name,
-                stage=stage_of(acc.name),
-                kind=acc.kind,
-                neurons_per_step=per(acc.numel, image_steps),
+                name=acc.name, stage=stage_of(acc.name), kind=acc.kind, neurons_per_step=per(acc.numel, image_steps),
                 spikes=float(acc.spikes.item()) / images if acc.spikes is not None else 0.0,
                 firing_rate=float(acc.spikes.item()) / acc.numel if acc.numel else 0.0,
             )
@@ -452,19 +384,10 @@ class EnergyMeter:
         ]
         params, params_no_bn = official_param_count(self.model)
         return EnergyReport(
-            model=model_name or self.model_name,
-            input_shape=list(self._input_shape),
-            event_input=self._event_input,
-            T=T,
-            images=images,
-            device=self._device,
-            e_mac_pj=self.e_mac_pj,
-            e_ac_pj=self.e_ac_pj,
-            layers=layers,
-            neurons=neurons,
-            bn_ops_per_image_per_step=per(self._bn_ops, image_steps),
-            params=params,
-            params_no_bn=params_no_bn,
+            model=model_name or self.model_name, input_shape=list(self._input_shape),
+            event_input=self._event_input, T=T, images=images, device=self._device, e_mac_pj=self.e_mac_pj,
+            e_ac_pj=self.e_ac_pj, layers=layers, neurons=neurons,
+            bn_ops_per_image_per_step=per(self._bn_ops, image_steps), params=params, params_no_bn=params_no_bn,
         )
 
 
@@ -481,37 +404,31 @@ def _batch_tensor(batch: Batch) -> torch.Tensor:
     raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}")
 
 
-def analyze(
-    model: nn.Module,
-    inputs: Union[torch.Tensor, Iterable[Batch]],
-    *,
-    e_mac_pj: float = E_MAC_PJ,
-    e_ac_pj: float = E_AC_PJ,
-    T: Optional[int] = None,
-    max_batches: Optional[int] = None,
-    model_name: Optional[str] = None,
-) -> EnergyReport:
-    """Run ``model`` in eval mode on ``inputs`` (a batch or an iterable of batches) and count its energy.
-
-    The model's training flags are restored afterwards; parameters and buffers are left untouched
-    (eval mode reads BatchNorm statistics and DSSA firing rates without updating them). Batches are
-    moved to the device of the model's first parameter.
-    """
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    batches: Iterable[Batch] = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+@contextmanager
+def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Run the block in train or eval mode without gradients, then restore every module's training flag."""
     flags = {m: m.training for m in model.modules()}
-    meter = EnergyMeter(model, T=T, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, model_name=model_name)
     try:
-        model.eval()
-        with torch.no_grad(), meter:
-            for i, batch in enumerate(batches):
-                if max_batches is not None and i >= max_batches:
-                    break
-                model(_batch_tensor(batch).to(device, non_blocking=True))
+        model.train(training)
+        with torch.no_grad():
+            yield
     finally:
         for m, flag in flags.items():
             m.training = flag
+
+
+def analyze(model: nn.Module, inputs: Union[torch.Tensor, Iterable[Batch]], *, e_mac_pj: float = E_MAC_PJ,
+            e_ac_pj: float = E_AC_PJ, T: Optional[int] = None, max_batches: Optional[int] = None,
+            model_name: Optional[str] = None) -> EnergyReport:
+    """Run ``model`` in eval mode on ``inputs`` (a batch or an iterable of batches) and count its energy.
+
+    Training flags are restored and parameters and buffers left untouched; batches are moved to the
+    device of the model's first parameter.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batches: Iterable[Batch] = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+    meter = EnergyMeter(model, T=T, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, model_name=model_name)
+    with model_mode(model, False), meter:
+        for batch in itertools.islice(batches, max_batches):
+            model(_batch_tensor(batch).to(device, non_blocking=True))
     return meter.report()

@@ -1,45 +1,21 @@
 """Memory-aware energy (after Lemaire et al. 2022) and the equivalent networks that do not spike.
 
-Everything here is computed from an :class:`~spikingresformer.energy.report.EnergyReport`, so it needs
-no second forward pass. ``docs/energy.md`` states every rule and constant with its source; in short:
-
-* :class:`MemoryCosts` holds the constants: 0.1 pJ per 32-bit addition, 3.1 pJ per 32-bit
-  multiplication (45 nm, Horowitz 2014, as Lemaire et al. use them) and an SRAM cost per byte that
-  grows with the buffer's size (piecewise linear through 10 / 20 / 100 pJ per 32-bit word at
-  8 KiB / 32 KiB / 1 MiB, constant above), the interpolation that SpikingJelly 2.0 implements for
-  Lemaire's model.
-* :func:`memory_energy` charges every counted layer and neuron layer of the spiking network with
-  its operations and its memory traffic (weight reads, membrane-potential reads and writes, spike
-  reads and writes), split into a part that scales with the spike count and a fixed part.
-* :func:`equivalent_energy` prices the same architecture with every neuron replaced by a ReLU (one
-  step) or by quantised activations of ``ceil(log2(T + 1))`` bits (Yan et al. 2024), under the
-  per-operation constants of the report and under :class:`MemoryCosts`.
-* :func:`energy_models` puts the spiking network and both equivalents side by side, with the
-  break-even firing rate (the mean rate below which the spiking network costs less).
+Computed from an :class:`~spikingresformer.energy.report.EnergyReport`; rules and constants: ``docs/energy.md``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 if TYPE_CHECKING:  # annotations only: report.py imports this module, not the other way round
     from .report import EnergyReport, LayerRecord, NeuronRecord
 
 PJ_PER_MJ = 1e9
 
-__all__ = [
-    "MemoryCosts",
-    "CostBreakdown",
-    "memory_energy",
-    "equivalent_energy",
-    "energy_models",
-    "quantized_bits",
-    "break_even_rate",
-    "EQUIVALENTS",
-    "render_energy_models",
-]
+__all__ = ["MemoryCosts", "CostBreakdown", "memory_energy", "equivalent_energy", "energy_models", "quantized_bits",
+           "break_even_rate", "EQUIVALENTS", "render_energy_models"]
 
 #: names of the equivalent networks: ReLU activations at T = 1, and ceil(log2(T+1))-bit activations
 EQUIVALENTS = ("relu", "quantized")
@@ -87,6 +63,11 @@ class MemoryCosts:
         return self.pj_per_byte(buffer_bytes) * bits / 8
 
 
+#: the energy components of a CostBreakdown (``variable_pj`` is a part of their sum, not one of them)
+_PARTS = ("synaptic_pj", "addressing_pj", "dense_pj", "bias_pj", "neuron_pj", "state_pj", "weights_pj",
+          "potential_pj", "spikes_pj", "activations_pj")
+
+
 @dataclass
 class CostBreakdown:
     """Energy of one layer (or a sum of layers) in pJ per image, by what it pays for."""
@@ -109,22 +90,26 @@ class CostBreakdown:
     @property
     def total_pj(self) -> float:
         """Sum of every component."""
-        return (self.synaptic_pj + self.addressing_pj + self.dense_pj + self.bias_pj + self.neuron_pj
-                + self.state_pj + self.weights_pj + self.potential_pj + self.spikes_pj + self.activations_pj)
+        return sum(getattr(self, k) for k in _PARTS)
 
     def add(self, other: "CostBreakdown") -> None:
         """Add ``other``'s components (and access counts) into this one."""
-        for k in ("synaptic_pj", "addressing_pj", "dense_pj", "bias_pj", "neuron_pj", "state_pj", "weights_pj",
-                  "potential_pj", "spikes_pj", "activations_pj", "variable_pj"):
+        for k in (*_PARTS, "variable_pj"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for k, v in other.accesses.items():
             self.accesses[k] = self.accesses.get(k, 0.0) + v
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict with the total (what JSON and CSV hold)."""
-        d = asdict(self)
-        d["total_pj"] = self.total_pj
-        return d
+        return dict(asdict(self), total_pj=self.total_pj)
+
+    @classmethod
+    def total_of(cls, name: str, stage: str, parts: Iterable["CostBreakdown"]) -> "CostBreakdown":
+        """A breakdown that adds up ``parts``."""
+        total = cls(name, stage)
+        for b in parts:
+            total.add(b)
+        return total
 
 
 def quantized_bits(T: float) -> int:
@@ -132,11 +117,6 @@ def quantized_bits(T: float) -> int:
     if not (T >= 1):
         raise ValueError(f"T must be at least 1, got {T!r}")
     return max(1, math.ceil(math.log2(T + 1) - 1e-12))
-
-
-def _neuron_ops(kind: str) -> Tuple[int, int]:
-    """``(additions, multiplications)`` of one neuron update: leaky kinds 2 + 1, IF 2 + 0 (charge, threshold)."""
-    return (2, 0) if kind.lower() == "if" else (2, 1)
 
 
 def _spiking_layer(layer: LayerRecord, report: EnergyReport, c: MemoryCosts) -> CostBreakdown:
@@ -174,7 +154,7 @@ def _spiking_neuron(n: NeuronRecord, report: EnergyReport, c: MemoryCosts) -> Co
     """Memory-aware cost of one neuron layer: per neuron and step one update, one potential read and write."""
     b = CostBreakdown(n.name, n.stage)
     steps = n.neurons_per_step * report.T
-    adds, muls = _neuron_ops(n.kind)
+    adds, muls = (2, 0) if n.kind.lower() == "if" else (2, 1)  # charge and threshold, and the leak
     b.neuron_pj = steps * (adds * c.e_add_pj + muls * c.e_mul_pj)
     b.state_pj = 2 * steps * c.word_pj(n.neurons_per_step * c.word_bytes)
     b.spikes_pj = n.spikes * c.word_pj(c.fifo_words * c.word_bytes)
@@ -184,26 +164,16 @@ def _spiking_neuron(n: NeuronRecord, report: EnergyReport, c: MemoryCosts) -> Co
 
 
 def memory_energy(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> Dict[str, Any]:
-    """Memory-aware energy of the spiking network: ``{"layers": [...], "neurons": [...], "total": ...}``.
-
-    Each entry is a :class:`CostBreakdown` in pJ per image; ``total`` sums them all.
-    """
+    """Memory-aware energy of the spiking network: ``layers``, ``neurons`` and ``total`` as :class:`CostBreakdown`."""
     c = costs or MemoryCosts()
     layers = [_spiking_layer(x, report, c) for x in report.layers]
     neurons = [_spiking_neuron(n, report, c) for n in report.neurons]
-    total = CostBreakdown("total", "all")
-    for b in (*layers, *neurons):
-        total.add(b)
+    total = CostBreakdown.total_of("total", "all", [*layers, *neurons])
     return dict(layers=layers, neurons=neurons, total=total)
 
 
 def _equivalent_layer(layer: LayerRecord, bits: int, c: MemoryCosts, first: bool) -> CostBreakdown:
-    """Memory-aware cost of one layer of a network without spikes (one step, ``bits``-bit activations).
-
-    A multiply-accumulate with a 32-bit activation costs one multiplication and one addition; with a
-    ``bits``-bit activation (``bits`` < 32) it costs ``bits`` shift-and-add steps, i.e. ``bits`` additions.
-    The stem reads the real input at 32 bits in both networks.
-    """
+    """Memory-aware cost of one layer of a network without spikes (one step, ``bits``-bit activations)."""
     b = CostBreakdown(layer.name, layer.stage)
     wb = c.word_bytes
     in_bits = 32 if first or bits >= 32 else bits
@@ -247,12 +217,10 @@ def _equivalent_activation(n: NeuronRecord, bits: int, c: MemoryCosts) -> CostBr
 
 def equivalent_energy(report: EnergyReport, network: str = "relu",
                       costs: Optional[MemoryCosts] = None) -> Dict[str, Any]:
-    """MACs and energy of the same architecture without spikes, per image.
+    """MACs and energy per image of the same architecture without spikes: ``network`` ``"relu"`` or ``"quantized"``.
 
-    ``network``: ``"relu"`` (every neuron a ReLU, one step, 32-bit activations) or ``"quantized"``
-    (activations of ``ceil(log2(T+1))`` bits, one step). Returns ``macs``, ``bits``, ``ops_mj``
-    (per-operation model: a 32-bit MAC costs ``report.e_mac_pj``; a ``bits``-bit one ``bits`` x
-    ``report.e_ac_pj``), ``memory`` (layers, activations, total :class:`CostBreakdown`) and ``memory_mj``.
+    Returns ``macs``, ``bits``, ``ops_mj`` (per-operation model), ``memory`` (:class:`CostBreakdown` of the
+    layers, activations and total) and ``memory_mj``.
     """
     if network not in EQUIVALENTS:
         raise ValueError(f"unknown equivalent network {network!r}; expected one of {EQUIVALENTS}")
@@ -265,9 +233,7 @@ def equivalent_energy(report: EnergyReport, network: str = "relu",
     ops_pj = sum(ops_layers.values())
     layers = [_equivalent_layer(x, bits, c, x.name == first) for x in report.layers]
     acts = [_equivalent_activation(n, bits, c) for n in report.neurons]
-    total = CostBreakdown("total", "all")
-    for b in (*layers, *acts):
-        total.add(b)
+    total = CostBreakdown.total_of("total", "all", [*layers, *acts])
     return dict(network=network, bits=bits, macs=macs, ops_mj=ops_pj / PJ_PER_MJ, ops_layers_pj=ops_layers,
                 memory=dict(layers=layers, activations=acts, total=total), memory_mj=total.total_pj / PJ_PER_MJ)
 
@@ -283,33 +249,20 @@ def break_even_rate(rate: float, fixed_pj: float, variable_pj: float, target_pj:
     return max(0.0, rate * (target_pj - fixed_pj) / variable_pj)
 
 
-def _spiking_ops_split(report: EnergyReport) -> Tuple[float, float, float]:
-    """``(fixed_pj, variable_pj, total_pj)`` of the spiking network under the per-operation model.
-
-    Like the ``full`` convention, but a real-input layer is charged for the steps it really computes
-    (a static-image stem once, not T times), as the equivalent networks are.
-    """
-    variable = report.sops_per_image * report.e_ac_pj
-    fixed = sum(x.macs_per_step * (x.steps_computed or report.T) for x in report.layers if not x.spike_input)
-    fixed *= report.e_mac_pj
-    return fixed, variable, fixed + variable
-
-
 def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> Dict[str, Any]:
     """Every energy model for the spiking network and both equivalents, with break-even firing rates.
 
-    ``rows``: one dict per network (``spiking``, ``relu``, ``quantized``) with MACs, SOPs, bits and
-    the energies ``paper_mj`` (spiking only), ``ops_mj`` (per-operation constants: the ``full``
-    convention for the spiking network) and ``memory_mj``; the equivalents also carry
-    ``break_even_ops`` and ``break_even_memory``, the mean firing rate below which the spiking
-    network costs less than that equivalent under that model. ``stages``: per-stage energy of the
-    three networks in mJ, memory-aware (``spiking_mj``, ``relu_mj``, ``quantized_mj``) and
-    per-operation (``*_ops_mj``).
+    ``rows``: one dict per network (``spiking``, ``relu``, ``quantized``) with its MACs, SOPs, bits, energies
+    and (equivalents) ``break_even_ops`` / ``break_even_memory``; ``stages``: per-stage energies in mJ.
     """
     c = costs or MemoryCosts()
     mem = memory_energy(report, c)
     rate = report.mean_firing_rate
-    fixed_ops, var_ops, total_ops = _spiking_ops_split(report)
+    # the per-operation model: like "full", but a real-input layer is charged for the steps it computes
+    var_ops = report.sops_per_image * report.e_ac_pj
+    fixed_ops = sum(x.macs_per_step * (x.steps_computed or report.T) for x in report.layers if not x.spike_input)
+    fixed_ops *= report.e_mac_pj
+    total_ops = fixed_ops + var_ops
     total = mem["total"]
     rows: List[Dict[str, Any]] = [dict(
         network="spiking", T=report.T, bits=1, macs=report.real_input_macs_per_image_per_step,
@@ -326,45 +279,28 @@ def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> 
             break_even_memory=break_even_rate(rate, total.total_pj - total.variable_pj, total.variable_pj,
                                               eq["memory_mj"] * PJ_PER_MJ),
         ))
-    order: List[str] = []
-    for x in [*report.layers, *report.neurons]:
-        if x.stage not in order:
-            order.append(x.stage)
+    order = dict.fromkeys(x.stage for x in [*report.layers, *report.neurons])
 
-    def by_stage(parts: List[CostBreakdown]) -> Dict[str, float]:
-        out = {s: 0.0 for s in order}
-        for p in parts:
-            out[p.stage] = out.get(p.stage, 0.0) + p.total_pj / PJ_PER_MJ
+    def by_stage(pairs: Iterable[Tuple[str, float]]) -> Dict[str, float]:
+        """mJ per stage of ``(stage, pJ)`` pairs; a stage without any (no operations) stays 0."""
+        out = dict.fromkeys(order, 0.0)
+        for stage, pj in pairs:
+            out[stage] += pj / PJ_PER_MJ
         return out
 
-    def ops_by_stage(per_layer: Dict[str, float]) -> Dict[str, float]:
-        out = {s: 0.0 for s in order}
-        for x in report.layers:
-            out[x.stage] += per_layer[x.name] / PJ_PER_MJ
-        return out  # neuron-only stages stay 0: no operations in this model
-
-    spiking = by_stage([*mem["layers"], *mem["neurons"]])
-    spiking_ops = ops_by_stage({x.name: (x.sops * report.e_ac_pj if x.spike_input else
-                                         x.macs_per_step * (x.steps_computed or report.T) * report.e_mac_pj)
-                                for x in report.layers})
-    eq_stage = {k: by_stage([*v["memory"]["layers"], *v["memory"]["activations"]]) for k, v in eqs.items()}
-    eq_ops = {k: ops_by_stage(v["ops_layers_pj"]) for k, v in eqs.items()}
-    stages = []
-    for s in spiking:
-        row: Dict[str, Any] = dict(stage=s, spiking_mj=spiking[s])
-        row.update({f"{k}_mj": eq_stage[k].get(s, 0.0) for k in eqs})
-        row["spiking_ops_mj"] = spiking_ops[s]
-        row.update({f"{k}_ops_mj": eq_ops[k].get(s, 0.0) for k in eqs})
-        stages.append(row)
+    spiking = by_stage((p.stage, p.total_pj) for p in [*mem["layers"], *mem["neurons"]])
+    spiking_ops = by_stage((x.stage, x.sops * report.e_ac_pj if x.spike_input else
+                            x.macs_per_step * (x.steps_computed or report.T) * report.e_mac_pj) for x in report.layers)
+    eq_stage = {k: by_stage((p.stage, p.total_pj) for p in [*v["memory"]["layers"], *v["memory"]["activations"]])
+                for k, v in eqs.items()}
+    eq_ops = {k: by_stage((x.stage, v["ops_layers_pj"][x.name]) for x in report.layers) for k, v in eqs.items()}
+    stages = [dict(stage=s, spiking_mj=spiking[s], **{f"{k}_mj": eq_stage[k][s] for k in eqs},
+                   spiking_ops_mj=spiking_ops[s], **{f"{k}_ops_mj": eq_ops[k][s] for k in eqs}) for s in spiking]
     return dict(costs=asdict(c), rows=rows, stages=stages, spiking_memory=mem, equivalents=eqs)
 
 
 def _rate(r: Optional[float]) -> str:
-    if r is None:
-        return "n/a"
-    if r >= 1.0:
-        return f"{r:.3f} (any rate)"
-    return f"{r:.4f}"
+    return "n/a" if r is None else f"{r:.3f} (any rate)" if r >= 1.0 else f"{r:.4f}"
 
 
 def render_energy_models(report: EnergyReport, models: Optional[Dict[str, Any]] = None) -> str:
@@ -377,8 +313,7 @@ def render_energy_models(report: EnergyReport, models: Optional[Dict[str, Any]] 
         f"{'network':<22} {'steps':>5} {'bits':>4} {'MACs':>14} {'SOPs':>14} {'paper mJ':>9} {'ops mJ':>9} "
         f"{'memory mJ':>10}  break-even rate (ops / memory)",
     ]
-    labels = dict(spiking="spiking (this model)", relu="ReLU network, T=1",
-                  quantized="quantised, T=1")
+    labels = dict(spiking="spiking (this model)", relu="ReLU network, T=1", quantized="quantised, T=1")
     for r in rows:
         paper = "" if r["paper_mj"] is None else f"{r['paper_mj']:.4f}"
         be = "" if r["network"] == "spiking" else f"{_rate(r['break_even_ops'])} / {_rate(r['break_even_memory'])}"

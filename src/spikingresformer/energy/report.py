@@ -1,20 +1,4 @@
-"""The energy report: records, totals, the two operation-count conventions and their text/JSON/CSV forms.
-
-Conventions (``docs/energy.md`` states each with its source), all figures per image:
-
-* ``macs_per_step`` of a layer: its multiply-accumulates in one time step as if every activation were
-  dense (conv: output elements x in_channels/groups x kernel area; linear: output elements x
-  in_features; matmul ``[M, K] @ [K, N]``: M x N x K).
-* ``official_macs_per_image_per_step``: the sum of those plus 4 operations per BatchNorm output
-  element, which is what the official thop-based tool prints as "MACs".
-* ``sops`` of a layer: the additions that the non-zero entries of its input trigger, summed over all
-  T steps; for spike input this is ``sum(conv2d(s, ones_like(W)))`` (conv), ``sum(s @ ones)``
-  (linear) and ``sum(ones_like(left) @ right)`` (DSSA matmuls, spikes on the right).
-  The same count is reported for real-input layers (the stem and the classifier) and flagged, but
-  ``sops_per_image`` only sums spike-input layers (the official convention).
-* ``energy_mj("paper")`` = E_AC x ``sops_per_image``.
-* ``energy_mj("full")`` = that + E_MAC x T x (MACs per step of the real-input layers).
-"""
+"""The energy report: per-layer records, totals per convention (``docs/energy.md``), text, JSON and CSV."""
 
 from __future__ import annotations
 
@@ -28,17 +12,8 @@ from typing import Any, Dict, List, Optional, Union
 from ..fileio import atomic_write_bytes
 from .memory import PJ_PER_MJ, energy_models, memory_energy, render_energy_models
 
-__all__ = [
-    "E_MAC_PJ",
-    "E_AC_PJ",
-    "CONVENTIONS",
-    "LayerRecord",
-    "NeuronRecord",
-    "EnergyReport",
-    "sops_to_mj",
-    "summarize",
-    "render_table",
-]
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "CONVENTIONS", "LayerRecord", "NeuronRecord", "EnergyReport", "sops_to_mj",
+           "summarize", "render_table"]
 
 #: 45 nm energy of one 32-bit float multiply-accumulate and one addition, in picojoules.
 E_MAC_PJ = 4.6
@@ -107,8 +82,6 @@ class EnergyReport:
     params: int
     params_no_bn: int
 
-    # -- totals ------------------------------------------------------------------------------------
-
     @property
     def macs_per_image_per_step(self) -> Number:
         """Dense MACs of conv, linear and matmul layers per image per step."""
@@ -159,100 +132,57 @@ class EnergyReport:
 
     def stage_totals(self) -> List[Dict[str, Any]]:
         """Per stage (in execution order): MACs per step, SOPs, real-input SOPs, energies, firing rate."""
-        order: List[str] = []
-        for rec in [*self.layers, *self.neurons]:
-            if rec.stage not in order:
-                order.append(rec.stage)
         rows = []
-        for stage in order:
+        for stage in dict.fromkeys(rec.stage for rec in [*self.layers, *self.neurons]):
             layers = [x for x in self.layers if x.stage == stage]
             neurons = [n for n in self.neurons if n.stage == stage]
             n_steps = sum(n.neurons_per_step for n in neurons) * self.T
-            rows.append(
-                dict(
-                    stage=stage,
-                    layers=len(layers),
-                    macs_per_step=sum(x.macs_per_step for x in layers),
-                    sops=sum(x.sops for x in layers if x.spike_input),
-                    real_input_sops=sum(x.sops for x in layers if not x.spike_input),
-                    energy_paper_mj=sum(self.layer_energy_mj(x, "paper") for x in layers),
-                    energy_full_mj=sum(self.layer_energy_mj(x, "full") for x in layers),
-                    neuron_layers=len(neurons),
-                    firing_rate=(sum(n.spikes for n in neurons) / n_steps) if n_steps else None,
-                )
-            )
+            rows.append(dict(
+                stage=stage, layers=len(layers), macs_per_step=sum(x.macs_per_step for x in layers),
+                sops=sum(x.sops for x in layers if x.spike_input),
+                real_input_sops=sum(x.sops for x in layers if not x.spike_input),
+                energy_paper_mj=sum(self.layer_energy_mj(x, "paper") for x in layers),
+                energy_full_mj=sum(self.layer_energy_mj(x, "full") for x in layers), neuron_layers=len(neurons),
+                firing_rate=(sum(n.spikes for n in neurons) / n_steps) if n_steps else None,
+            ))
         return rows
 
     def totals(self) -> Dict[str, Any]:
         """Every total as a plain dict (what the JSON file's ``totals`` holds)."""
-        return dict(
-            macs_per_image_per_step=self.macs_per_image_per_step,
-            bn_ops_per_image_per_step=self.bn_ops_per_image_per_step,
-            official_macs_per_image_per_step=self.official_macs_per_image_per_step,
-            real_input_macs_per_image_per_step=self.real_input_macs_per_image_per_step,
-            sops_per_image=self.sops_per_image,
-            real_input_sops_per_image=self.real_input_sops_per_image,
-            params=self.params,
-            params_no_bn=self.params_no_bn,
-            mean_firing_rate=self.mean_firing_rate,
-            energy_paper_mj=self.energy_mj("paper"),
-            energy_full_mj=self.energy_mj("full"),
-            energy_memory_mj=self.memory_energy_mj(),
-        )
+        names = ("macs_per_image_per_step", "bn_ops_per_image_per_step", "official_macs_per_image_per_step",
+                 "real_input_macs_per_image_per_step", "sops_per_image", "real_input_sops_per_image", "params",
+                 "params_no_bn", "mean_firing_rate")
+        return dict({k: getattr(self, k) for k in names}, energy_paper_mj=self.energy_mj("paper"),
+                    energy_full_mj=self.energy_mj("full"), energy_memory_mj=self.memory_energy_mj())
 
     def memory_energy_mj(self) -> float:
         """Energy per image in mJ under the memory-aware model with its default constants."""
         return memory_energy(self)["total"].total_pj / PJ_PER_MJ
 
-    # -- serialisation -----------------------------------------------------------------------------
-
-    def energy_models(self) -> Dict[str, Any]:
-        """Memory-aware energy and the equivalent networks (see :func:`spikingresformer.energy.memory.energy_models`)."""
-        return energy_models(self)
-
     def event_stem(self) -> Optional[Dict[str, Any]]:
-        """For event input: the stem counted as dense MACs on the counts and as additions per event.
-
-        ``None`` for image input. ``additions_per_event`` treats an input entry of value c as c events,
-        each triggering one addition per weight it reaches; it is a count of events only when
-        ``integer_counts`` (frames resized to the model's size hold fractions of events).
-        """
+        """For event input (else ``None``): the stem as dense MACs on the counts and as additions per event."""
         if not self.event_input or not self.layers:
             return None
         stem = self.layers[0]
-        steps = stem.steps_computed or self.T
-        macs = stem.macs_per_step * steps
+        macs = stem.macs_per_step * (stem.steps_computed or self.T)
         adds = stem.value_sops
         return dict(
-            layer=stem.name,
-            dense_macs=macs,
-            dense_mj=macs * self.e_mac_pj / PJ_PER_MJ,
-            nonzero_additions=stem.sops,
-            additions_per_event=adds,
+            layer=stem.name, dense_macs=macs, dense_mj=macs * self.e_mac_pj / PJ_PER_MJ,
+            nonzero_additions=stem.sops, additions_per_event=adds,
             additions_mj=None if adds is None else adds * self.e_ac_pj / PJ_PER_MJ,
-            integer_counts=stem.integer_input,
-            input_events=stem.input_nonzero if stem.binary_input else None,
+            integer_counts=stem.integer_input, input_events=stem.input_nonzero if stem.binary_input else None,
         )
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict: settings, ``totals``, ``stages``, ``layers``, ``neurons``, ``energy_models``."""
         head = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layers", "neurons")}
-        models = self.energy_models()
+        models = energy_models(self)
         mem = models["spiking_memory"]
-        layers = []
-        for layer, cost in zip(self.layers, mem["layers"]):
-            row = asdict(layer)
-            row["energy_paper_mj"] = self.layer_energy_mj(layer, "paper")
-            row["energy_full_mj"] = self.layer_energy_mj(layer, "full")
-            row["energy_memory_mj"] = cost.total_pj / PJ_PER_MJ
-            row["memory_pj"] = cost.to_dict()
-            layers.append(row)
-        neurons = []
-        for n, cost in zip(self.neurons, mem["neurons"]):
-            row = asdict(n)
-            row["energy_memory_mj"] = cost.total_pj / PJ_PER_MJ
-            row["memory_pj"] = cost.to_dict()
-            neurons.append(row)
+        layers = [dict(asdict(x), energy_paper_mj=self.layer_energy_mj(x, "paper"),
+                       energy_full_mj=self.layer_energy_mj(x, "full"), energy_memory_mj=c.total_pj / PJ_PER_MJ,
+                       memory_pj=c.to_dict()) for x, c in zip(self.layers, mem["layers"])]
+        neurons = [dict(asdict(n), energy_memory_mj=c.total_pj / PJ_PER_MJ, memory_pj=c.to_dict())
+                   for n, c in zip(self.neurons, mem["neurons"])]
         return dict(
             **head,
             conventions=dict(
@@ -261,10 +191,7 @@ class EnergyReport:
                 memory="operations and memory accesses after Lemaire et al. 2022 (docs/energy.md)",
                 official_macs="dense MACs of conv, linear and matmul + 4 per BatchNorm output element",
             ),
-            totals=self.totals(),
-            stages=self.stage_totals(),
-            layers=layers,
-            neurons=neurons,
+            totals=self.totals(), stages=self.stage_totals(), layers=layers, neurons=neurons,
             energy_models=dict(costs=models["costs"], rows=models["rows"], stages=models["stages"],
                                memory_total_pj=mem["total"].to_dict()),
             event_stem=self.event_stem(),
@@ -291,11 +218,7 @@ class EnergyReport:
 
     def write_csv(self, layers_path: Union[str, Path], neurons_path: Union[str, Path, None] = None,
                   models_path: Union[str, Path, None] = None) -> None:
-        """Write the layer records, optionally the neuron records and the energy-model table, as CSV.
-
-        Layer and neuron rows carry their energies under every model; the memory-aware components
-        appear as ``memory_<component>_pj`` columns.
-        """
+        """Write the layer records, optionally the neuron records and the energy-model table, as CSV."""
         data = self.to_dict()
         _write_rows(layers_path, [_flat(r) for r in data["layers"]])
         if neurons_path is not None:
@@ -322,13 +245,9 @@ def _flat(row: Dict[str, Any]) -> Dict[str, Any]:
 def _write_rows(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
     """Write ``rows`` (dicts with the same keys) as a CSV file, atomically."""
     buf = io.StringIO(newline="")
-    names: List[str] = []
-    for r in rows:
-        names += [k for k in r if k not in names]
-    writer = csv.DictWriter(buf, fieldnames=names or ["name"])
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["name"])
     writer.writeheader()
-    for r in rows:
-        writer.writerow(r)
+    writer.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
@@ -363,16 +282,13 @@ def render_table(report: EnergyReport) -> str:
     neuron_uj = {c.stage: 0.0 for c in models["spiking_memory"]["neurons"]}
     for c in models["spiking_memory"]["neurons"]:
         neuron_uj[c.stage] += c.total_pj / 1e6
-    out: List[str] = []
     w = max([len(x.name) for x in report.layers] + [len(n.name) for n in report.neurons] + [12])
-    out.append(
+    out = [
         f"{report.model}  input {list(report.input_shape)} ({'event frames' if report.event_input else 'images'}), "
-        f"T={report.T}, {report.images} image(s), device {report.device}"
-    )
-    out.append(
+        f"T={report.T}, {report.images} image(s), device {report.device}",
         f"E_MAC = {report.e_mac_pj} pJ, E_AC = {report.e_ac_pj} pJ; per image. "
-        "input: spikes = counted as SOPs; real = dense MACs (full convention only)"
-    )
+        "input: spikes = counted as SOPs; real = dense MACs (full convention only)",
+    ]
     header = (
         f"{'layer':<{w}}  {'kind':<6} {'input':<6} {'MACs/step':>12} {'SOPs':>12} {'in-rate':>8} "
         f"{'E paper uJ':>11} {'E full uJ':>11} {'E mem uJ':>11}"
@@ -394,14 +310,13 @@ def render_table(report: EnergyReport) -> str:
         if neuron_uj.get(st["stage"]):
             out.append(f"{'(neuron updates)':<{w}}  {'':<6} {'':<6} {'':>12} {'':>12} {'':>8} {'':>11} {'':>11} "
                        f"{neuron_uj[st['stage']]:>11.3f}")
-        label = f"[{st['stage']} total]"
-        sops = f"{_si(st['sops'])}"
         stage_mem = sum(mem_uj[x.name] for x in rows) + neuron_uj.get(st["stage"], 0.0)
-        out.append(
-            f"{label:<{w}}  {'':<6} {'':<6} {_si(st['macs_per_step']):>12} {sops:>12} {'':>8} "
-            f"{st['energy_paper_mj'] * 1e3:>11.3f} {st['energy_full_mj'] * 1e3:>11.3f} {stage_mem:>11.3f}"
-        )
-        out.append("")
+        out += [
+            f"{'[' + st['stage'] + ' total]':<{w}}  {'':<6} {'':<6} {_si(st['macs_per_step']):>12} "
+            f"{_si(st['sops']):>12} {'':>8} {st['energy_paper_mj'] * 1e3:>11.3f} "
+            f"{st['energy_full_mj'] * 1e3:>11.3f} {stage_mem:>11.3f}",
+            "",
+        ]
     out.append(rule)
     t = report.totals()
     out += [
@@ -426,10 +341,8 @@ def render_table(report: EnergyReport) -> str:
     ]
     for st in stages:
         ns = [n for n in report.neurons if n.stage == st["stage"]]
-        for n in ns:
-            out.append(
-                f"{n.name:<{w}}  {n.kind:<5} {_si(n.neurons_per_step):>13} {_si(n.spikes):>12} {n.firing_rate:>8.4f}"
-            )
+        out += [f"{n.name:<{w}}  {n.kind:<5} {_si(n.neurons_per_step):>13} {_si(n.spikes):>12} {n.firing_rate:>8.4f}"
+                for n in ns]
         if ns:
             out.append(f"{'[' + st['stage'] + ' mean]':<{w}}  {'':<5} {'':>13} {'':>12} {st['firing_rate']:>8.4f}")
     return "\n".join(out)

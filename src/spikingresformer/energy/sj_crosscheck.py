@@ -1,15 +1,6 @@
-"""Independent cross-check of our counts with SpikingJelly 2.0's operation counter (an optional extra).
+"""Cross-check of our counts with SpikingJelly 2.0's ``op_counter``, layer by layer (an optional extra).
 
-SpikingJelly 2.0's ``op_counter`` intercepts every ATen call of a forward pass
-(``DispatchCounterMode``). Its ``SynOpCounter`` counts, for a convolution or matrix product with
-exactly one binary operand, the additions that operand's ones trigger (exact borders, like ours);
-its ``MACCounter`` counts dense MACs only of products where neither operand is binary, plus one
-per affine BatchNorm output. :func:`crosscheck` runs the model once under our hooks and once
-under SpikingJelly's counters, checks that both passes computed the same output, and lines the two
-up per layer. ``docs/energy.md`` says which convention each side follows.
-
-Install the extra with ``pip install --no-deps 'spikingjelly==2.0.*' && pip install loguru``
-(SpikingJelly 2.0 declares torchaudio and SciencePlots, which it does not need for counting).
+Conventions of each side and the install command: ``docs/energy.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +11,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from .counting import analyze
+from .counting import analyze, model_mode
 from .report import EnergyReport
 
 __all__ = ["spikingjelly_available", "crosscheck", "CrossCheck", "LayerAgreement", "INSTALL_HINT"]
@@ -99,11 +90,11 @@ class CrossCheck:
             ok = "yes" if x.sops_agree and x.macs_agree else "NO"
             out.append(f"{x.name:<{w}}  {x.kind:<6} {x.ours_sops:>14,.0f} {x.sj_sops:>14,.0f} "
                        f"{x.ours_macs:>12,.0f} {x.sj_macs:>12,.0f}  {ok}")
-        out.append("-" * len(head))
-        out.append(f"SOPs total: ours {self.ours_sops:,.0f}, SpikingJelly {self.sj_sops:,.0f}; "
-                   f"real-input MACs: ours {self.ours_real_macs:,.0f}, SpikingJelly {self.sj_macs_layers:,.0f}")
-        out.append(f"BatchNorm: {self.ours_bn_elements:,.0f} output elements; SpikingJelly counts "
-                   f"{self.sj_macs_batchnorm:,.0f} MACs in BatchNorm modules (the official tool counts 4 per element)")
+        out += ["-" * len(head),
+                f"SOPs total: ours {self.ours_sops:,.0f}, SpikingJelly {self.sj_sops:,.0f}; "
+                f"real-input MACs: ours {self.ours_real_macs:,.0f}, SpikingJelly {self.sj_macs_layers:,.0f}",
+                f"BatchNorm: {self.ours_bn_elements:,.0f} output elements; SpikingJelly counts "
+                f"{self.sj_macs_batchnorm:,.0f} MACs in BatchNorm modules (the official tool counts 4 per element)"]
         if self.sj_unmatched:
             out.append(f"SpikingJelly counts outside our layers: {self.sj_unmatched}")
         out.append(f"{len(self.layers) - len(self.disagreements)} of {len(self.layers)} layers agree exactly; "
@@ -125,8 +116,7 @@ def _scope_totals(counter: Any, root: str) -> Dict[str, float]:
 def crosscheck(model: nn.Module, inputs: torch.Tensor, *, T: Optional[int] = None) -> CrossCheck:
     """Count ``model`` on one batch with our meter and with SpikingJelly 2.0's counters; compare per layer.
 
-    Both passes run in eval mode without gradients; the model's flags are restored. Raises
-    ``ImportError`` (with the install command) when SpikingJelly 2.0 is not installed.
+    Both passes run in eval mode without gradients; ``ImportError`` says how to install SpikingJelly 2.0.
     """
     if not spikingjelly_available():
         raise ImportError(f"the cross-check needs SpikingJelly 2.0's op_counter: {INSTALL_HINT}")
@@ -138,17 +128,11 @@ def crosscheck(model: nn.Module, inputs: torch.Tensor, *, T: Optional[int] = Non
     device = next(model.parameters()).device
     x = inputs.to(device)
     report = analyze(model, x, T=T)
-    flags = {m: m.training for m in model.modules()}
     synops, macs = SynOpCounter(), MACCounter()
-    try:
-        model.eval()
-        with torch.no_grad():
-            reference = model(x)
-            with DispatchCounterMode([synops, macs]):
-                counted = model(x)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with model_mode(model, False):
+        reference = model(x)
+        with DispatchCounterMode([synops, macs]):
+            counted = model(x)
     same = bool(torch.equal(reference, counted))
     root = type(model).__name__
     images = report.images
@@ -156,33 +140,20 @@ def crosscheck(model: nn.Module, inputs: torch.Tensor, *, T: Optional[int] = Non
     sj_m = {k: v / images for k, v in _scope_totals(macs, root).items()}
     names = {x.name for x in report.layers}
     bn_names = {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    layers = []
-    for rec in report.layers:
-        steps = rec.steps_computed or report.T
-        layers.append(LayerAgreement(
-            name=rec.name, kind=rec.kind, spike_input=rec.spike_input,
-            ours_sops=rec.sops if rec.spike_input else 0.0, sj_sops=sj_s.get(rec.name, 0.0),
-            ours_macs=0.0 if rec.spike_input else float(rec.macs_per_step * steps), sj_macs=sj_m.get(rec.name, 0.0),
-            ours_dense_macs=float(rec.macs_per_step * report.T),
-        ))
+    layers = [LayerAgreement(
+        name=rec.name, kind=rec.kind, spike_input=rec.spike_input,
+        ours_sops=rec.sops if rec.spike_input else 0.0, sj_sops=sj_s.get(rec.name, 0.0),
+        ours_macs=0.0 if rec.spike_input else float(rec.macs_per_step * (rec.steps_computed or report.T)),
+        sj_macs=sj_m.get(rec.name, 0.0), ours_dense_macs=float(rec.macs_per_step * report.T),
+    ) for rec in report.layers]
     # scopes of SJ counts that are leaves outside our layers (parents contain their children's counts)
     leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
-    unmatched: Dict[str, float] = {}
-    for counts, label in ((sj_s, "sops"), (sj_m, "macs")):
-        for name, v in counts.items():
-            if v and name in leaves and name not in names and name not in bn_names:
-                unmatched[f"{label}:{name}"] = v
-    bn_elements = report.bn_ops_per_image_per_step / 4 * report.T
+    unmatched = {f"{label}:{name}": v for counts, label in ((sj_s, "sops"), (sj_m, "macs"))
+                 for name, v in counts.items() if v and name in leaves and name not in names and name not in bn_names}
     return CrossCheck(
-        layers=layers,
-        ours_sops=report.sops_per_image,
-        sj_sops=sum(sj_s.get(n, 0.0) for n in names),
-        ours_real_macs=sum(x.ours_macs for x in layers),
-        sj_macs_layers=sum(sj_m.get(n, 0.0) for n in names),
-        ours_bn_elements=bn_elements,
-        sj_macs_batchnorm=sum(sj_m.get(n, 0.0) for n in bn_names),
-        sj_unmatched=unmatched,
-        same_output=same,
-        spikingjelly_version=getattr(spikingjelly, "__version__", "2.0"),
-        report=report,
+        layers=layers, ours_sops=report.sops_per_image, sj_sops=sum(sj_s.get(n, 0.0) for n in names),
+        ours_real_macs=sum(x.ours_macs for x in layers), sj_macs_layers=sum(sj_m.get(n, 0.0) for n in names),
+        ours_bn_elements=report.bn_ops_per_image_per_step / 4 * report.T,
+        sj_macs_batchnorm=sum(sj_m.get(n, 0.0) for n in bn_names), sj_unmatched=unmatched, same_output=same,
+        spikingjelly_version=getattr(spikingjelly, "__version__", "2.0"), report=report,
     )
