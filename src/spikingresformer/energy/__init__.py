@@ -2,10 +2,10 @@
 
 from .counting import EnergyMeter, analyze, official_param_count, stage_of
 from .sj_crosscheck import CrossCheck, crosscheck, spikingjelly_available
-from .memory import (MemoryCosts, break_even_rate, energy_models, equivalent_energy, memory_energy, quantized_bits,
-                     render_energy_models)
-from .report import (CONVENTIONS, E_AC_PJ, E_MAC_PJ, EnergyReport, LayerRecord, NeuronRecord, render_table, sops_to_mj,
-                     summarize)
+from .memory import (MemoryCosts, break_even_rate, energy_models, equivalent_energy, memory_energy,
+                     quantized_bits, render_energy_models)
+from .report import (CONVENTIONS, E_AC_PJ, E_MAC_PJ, EnergyReport, LayerRecord, NeuronRecord, render_table,
+                     sops_to_mj, summarize)
 
 __all__ = [
     "CONVENTIONS",

@@ -1,7 +1,6 @@
 """``spikingresformer energy``: per-layer MACs, SOPs, firing rates and energy of a model on a batch.
 
-Options and output files: ``docs/energy.md``. The options that name a model or its input are the recipe
-keys of ``train`` and ``evaluate``: a recipe (``-c``) gives their defaults, a flag overrides it.
+Options and output files: ``docs/energy.md``; a recipe (``-c``) gives the defaults of its keys' flags.
 """
 
 from __future__ import annotations
@@ -82,27 +81,20 @@ def apply_recipe(args: argparse.Namespace) -> Optional[object]:
     return recipe
 
 
-def _variant_defaults(name: str) -> Tuple[Tuple[int, int, int], int]:
-    """The variant's ``(input_size, T)``."""
-    from ..model.spikingresformer import DEFAULT_T, default_cfgs
-
-    cfg = default_cfgs[name]
-    size = cfg["input_size"] if isinstance(cfg, dict) else cfg.default.input_size
-    return tuple(size), DEFAULT_T[name]  # type: ignore[return-value]
-
-
 def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> Tuple[List[torch.Tensor], dict]:
-    """The input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``)."""
+    """Input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``)."""
     from .. import VARIANTS
+    from ..model.spikingresformer import DEFAULT_T, default_cfgs
 
     if args.model not in VARIANTS:
         raise ValueError(f"unknown model {args.model!r}; expected one of {sorted(VARIANTS)}")
-    (c, h, w), T = _variant_defaults(args.model)
+    cfg = default_cfgs[args.model]  # the variant's input size
+    c, h, w = cfg["input_size"] if isinstance(cfg, dict) else cfg.default.input_size
     if args.input_size is not None:
         c, h, w = args.input_size
     elif args.img_size is not None:
         h = w = args.img_size
-    T = args.T or T
+    T = args.T or DEFAULT_T[args.model]
     opts = dict(getattr(recipe, "model_args", None) or {})  # a recipe's extra constructor arguments
     opts.update(T=T, img_size=h, in_chans=c)
     if args.num_classes is not None:
@@ -169,8 +161,7 @@ def write_outputs(report: EnergyReport, table: str, out: Path, plots: bool, chec
     from ..fileio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "energy.json", out / "layers.csv", out / "neurons.csv", out / "energy_models.csv",
-             out / "table.txt"]
+    files = [out / f for f in ("energy.json", "layers.csv", "neurons.csv", "energy_models.csv", "table.txt")]
     report.to_json(files[0])
     report.write_csv(files[1], files[2], files[3])
     atomic_write_bytes(files[4], (table + "\n").encode())

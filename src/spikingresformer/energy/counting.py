@@ -36,14 +36,12 @@ def stage_of(name: str) -> str:
 def official_param_count(model: nn.Module) -> Tuple[int, int]:
     """``(params, params_without_bn)``: conv, linear and BatchNorm parameters (not PLIF's ``w``), as the official
     thop-based tool counts them."""
-    total = no_bn = 0
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
-            n = sum(p.numel() for p in m.parameters(recurse=False))
-            total += n
-            if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-                no_bn += n
-    return total, no_bn
+    def count(*kinds: type) -> int:
+        return sum(p.numel() for m in model.modules() if isinstance(m, kinds)
+                   for p in m.parameters(recurse=False))
+
+    no_bn = count(nn.Conv2d, nn.Linear)
+    return no_bn + count(nn.modules.batchnorm._BatchNorm), no_bn
 
 
 def _root(t: torch.Tensor) -> torch.Tensor:
@@ -106,16 +104,13 @@ class EnergyMeter:
         self._handles: List[Any] = []
         self._layers: Dict[str, _LayerAcc] = {}
         self._neurons: Dict[str, _NeuronAcc] = {}
-        self._bn_ops = 0
-        self._images = 0
-        self._image_steps = 0
+        self._bn_ops = self._images = self._image_steps = 0
         self._Ts: set[int] = set()
         self._input_shape: Tuple[int, ...] = ()
         self._event_input = False
         self._device = "cpu"
         # per-call state
-        self._B = 0
-        self._T = 0
+        self._B = self._T = 0
         self._spike_roots: Dict[int, weakref.ReferenceType] = {}
         self._layer_outputs: Dict[int, Tuple[weakref.ReferenceType, str]] = {}
         self._last_layer: Optional[Tuple[str, Tuple[int, ...]]] = None  # last counted layer, its sample shape
@@ -349,9 +344,7 @@ class EnergyMeter:
         if self._images == 0:
             raise RuntimeError("EnergyMeter has not seen a complete forward call yet")
         images, image_steps = self._images, self._image_steps
-        T: Union[int, float] = image_steps / images
-        if len(self._Ts) == 1:
-            T = next(iter(self._Ts))
+        T: Union[int, float] = next(iter(self._Ts)) if len(self._Ts) == 1 else image_steps / images
 
         def per(x: int, d: int) -> Union[int, float]:
             return x // d if x % d == 0 else x / d
@@ -376,7 +369,8 @@ class EnergyMeter:
             ))
         neurons = [
             NeuronRecord(
-                name=acc.name, stage=stage_of(acc.name), kind=acc.kind, neurons_per_step=per(acc.numel, image_steps),
+                name=acc.name, stage=stage_of(acc.name), kind=acc.kind,
+                neurons_per_step=per(acc.numel, image_steps),
                 spikes=float(acc.spikes.item()) / images if acc.spikes is not None else 0.0,
                 firing_rate=float(acc.spikes.item()) / acc.numel if acc.numel else 0.0,
             )
@@ -420,11 +414,8 @@ def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
 def analyze(model: nn.Module, inputs: Union[torch.Tensor, Iterable[Batch]], *, e_mac_pj: float = E_MAC_PJ,
             e_ac_pj: float = E_AC_PJ, T: Optional[int] = None, max_batches: Optional[int] = None,
             model_name: Optional[str] = None) -> EnergyReport:
-    """Run ``model`` in eval mode on ``inputs`` (a batch or an iterable of batches) and count its energy.
-
-    Training flags are restored and parameters and buffers left untouched; batches are moved to the
-    device of the model's first parameter.
-    """
+    """Run ``model`` in eval mode on ``inputs`` (a batch or an iterable of batches, moved to the model's device)
+    and count its energy; training flags, parameters and buffers are left as they were."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batches: Iterable[Batch] = [inputs] if isinstance(inputs, torch.Tensor) else inputs
     meter = EnergyMeter(model, T=T, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, model_name=model_name)

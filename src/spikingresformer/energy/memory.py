@@ -1,7 +1,4 @@
-"""Memory-aware energy (after Lemaire et al. 2022) and the equivalent networks that do not spike.
-
-Computed from an :class:`~spikingresformer.energy.report.EnergyReport`; rules and constants: ``docs/energy.md``.
-"""
+"""Memory-aware energy (Lemaire et al. 2022) and equivalent networks without spikes (``docs/energy.md``)."""
 
 from __future__ import annotations
 
@@ -14,8 +11,8 @@ if TYPE_CHECKING:  # annotations only: report.py imports this module, not the ot
 
 PJ_PER_MJ = 1e9
 
-__all__ = ["MemoryCosts", "CostBreakdown", "memory_energy", "equivalent_energy", "energy_models", "quantized_bits",
-           "break_even_rate", "EQUIVALENTS", "render_energy_models"]
+__all__ = ["MemoryCosts", "CostBreakdown", "memory_energy", "equivalent_energy", "energy_models",
+           "quantized_bits", "break_even_rate", "EQUIVALENTS", "render_energy_models"]
 
 #: names of the equivalent networks: ReLU activations at T = 1, and ceil(log2(T+1))-bit activations
 EQUIVALENTS = ("relu", "quantized")
@@ -29,12 +26,7 @@ class MemoryCosts:
     e_mul_pj: float = 3.1  # one 32-bit integer multiplication (Horowitz 2014)
     word_bytes: int = 4  # every weight, potential, activation and spike address is one 32-bit word
     # (buffer bytes, pJ per byte): 10, 20 and 100 pJ per 32-bit access at 8 KiB, 32 KiB and 1 MiB
-    breakpoints: Tuple[Tuple[float, float], ...] = (
-        (0.0, 0.0),
-        (8192.0, 2.5),
-        (32768.0, 5.0),
-        (1048576.0, 25.0),
-    )
+    breakpoints: Tuple[Tuple[float, float], ...] = ((0.0, 0.0), (8192.0, 2.5), (32768.0, 5.0), (1048576.0, 25.0))
     fifo_words: int = 1000  # spike FIFO between layers, in words (Lemaire et al.'s experiments)
 
     def __post_init__(self) -> None:
@@ -164,7 +156,7 @@ def _spiking_neuron(n: NeuronRecord, report: EnergyReport, c: MemoryCosts) -> Co
 
 
 def memory_energy(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> Dict[str, Any]:
-    """Memory-aware energy of the spiking network: ``layers``, ``neurons`` and ``total`` as :class:`CostBreakdown`."""
+    """Memory-aware energy of the spiking network: ``layers``, ``neurons``, ``total`` (:class:`CostBreakdown`)."""
     c = costs or MemoryCosts()
     layers = [_spiking_layer(x, report, c) for x in report.layers]
     neurons = [_spiking_neuron(n, report, c) for n in report.neurons]
@@ -208,20 +200,10 @@ def _input_elements(layer: LayerRecord) -> int:
     return math.prod(shape[2:]) if len(shape) >= 5 else math.prod(shape[1:])
 
 
-def _equivalent_activation(n: NeuronRecord, bits: int, c: MemoryCosts) -> CostBreakdown:
-    """One activation layer of the equivalent network: one comparison per element (a ReLU or a clamp-and-round)."""
-    b = CostBreakdown(n.name, n.stage)
-    b.neuron_pj = n.neurons_per_step * c.e_add_pj * (1 if bits >= 32 else 2)
-    return b
-
-
 def equivalent_energy(report: EnergyReport, network: str = "relu",
                       costs: Optional[MemoryCosts] = None) -> Dict[str, Any]:
-    """MACs and energy per image of the same architecture without spikes: ``network`` ``"relu"`` or ``"quantized"``.
-
-    Returns ``macs``, ``bits``, ``ops_mj`` (per-operation model), ``memory`` (:class:`CostBreakdown` of the
-    layers, activations and total) and ``memory_mj``.
-    """
+    """MACs and energy per image of the architecture without spikes (``network``: ``"relu"`` or ``"quantized"``):
+    ``macs``, ``bits``, ``ops_mj``, ``memory`` (layers, activations, total) and ``memory_mj``."""
     if network not in EQUIVALENTS:
         raise ValueError(f"unknown equivalent network {network!r}; expected one of {EQUIVALENTS}")
     c = costs or MemoryCosts()
@@ -232,29 +214,25 @@ def equivalent_energy(report: EnergyReport, network: str = "relu",
                                               else bits * report.e_ac_pj) for x in report.layers}
     ops_pj = sum(ops_layers.values())
     layers = [_equivalent_layer(x, bits, c, x.name == first) for x in report.layers]
-    acts = [_equivalent_activation(n, bits, c) for n in report.neurons]
+    # an activation layer per neuron layer: one comparison per element (ReLU) or two (clamp and round)
+    acts = [CostBreakdown(n.name, n.stage, neuron_pj=n.neurons_per_step * c.e_add_pj * (1 if bits >= 32 else 2))
+            for n in report.neurons]
     total = CostBreakdown.total_of("total", "all", [*layers, *acts])
     return dict(network=network, bits=bits, macs=macs, ops_mj=ops_pj / PJ_PER_MJ, ops_layers_pj=ops_layers,
                 memory=dict(layers=layers, activations=acts, total=total), memory_mj=total.total_pj / PJ_PER_MJ)
 
 
 def break_even_rate(rate: float, fixed_pj: float, variable_pj: float, target_pj: float) -> Optional[float]:
-    """Mean firing rate at which ``fixed + variable * r / rate`` equals ``target``.
-
-    ``None`` when nothing scales with the rate (no spikes counted); 0.0 when the fixed part alone
-    already costs more than ``target`` (the spiking network cannot win at any rate).
-    """
+    """Mean firing rate at which ``fixed + variable * r / rate`` equals ``target``: ``None`` when nothing scales
+    with the rate (no spikes), 0.0 when the fixed part alone costs more (the spiking network cannot win)."""
     if rate <= 0 or variable_pj <= 0:
         return None
     return max(0.0, rate * (target_pj - fixed_pj) / variable_pj)
 
 
 def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> Dict[str, Any]:
-    """Every energy model for the spiking network and both equivalents, with break-even firing rates.
-
-    ``rows``: one dict per network (``spiking``, ``relu``, ``quantized``) with its MACs, SOPs, bits, energies
-    and (equivalents) ``break_even_ops`` / ``break_even_memory``; ``stages``: per-stage energies in mJ.
-    """
+    """Every energy model of the spiking network and both equivalents: ``rows`` (one per network, with the
+    break-even firing rates of the equivalents), ``stages`` (energies per stage, mJ) and their parts."""
     c = costs or MemoryCosts()
     mem = memory_energy(report, c)
     rate = report.mean_firing_rate
@@ -289,8 +267,9 @@ def energy_models(report: EnergyReport, costs: Optional[MemoryCosts] = None) -> 
         return out
 
     spiking = by_stage((p.stage, p.total_pj) for p in [*mem["layers"], *mem["neurons"]])
-    spiking_ops = by_stage((x.stage, x.sops * report.e_ac_pj if x.spike_input else
-                            x.macs_per_step * (x.steps_computed or report.T) * report.e_mac_pj) for x in report.layers)
+    spiking_ops = by_stage((x.stage, x.sops * report.e_ac_pj if x.spike_input
+                            else x.macs_per_step * (x.steps_computed or report.T) * report.e_mac_pj)
+                           for x in report.layers)
     eq_stage = {k: by_stage((p.stage, p.total_pj) for p in [*v["memory"]["layers"], *v["memory"]["activations"]])
                 for k, v in eqs.items()}
     eq_ops = {k: by_stage((x.stage, v["ops_layers_pj"][x.name]) for x in report.layers) for k, v in eqs.items()}

@@ -289,10 +289,8 @@ def render_table(report: EnergyReport) -> str:
         f"E_MAC = {report.e_mac_pj} pJ, E_AC = {report.e_ac_pj} pJ; per image. "
         "input: spikes = counted as SOPs; real = dense MACs (full convention only)",
     ]
-    header = (
-        f"{'layer':<{w}}  {'kind':<6} {'input':<6} {'MACs/step':>12} {'SOPs':>12} {'in-rate':>8} "
-        f"{'E paper uJ':>11} {'E full uJ':>11} {'E mem uJ':>11}"
-    )
+    header = (f"{'layer':<{w}}  {'kind':<6} {'input':<6} {'MACs/step':>12} {'SOPs':>12} {'in-rate':>8} "
+              f"{'E paper uJ':>11} {'E full uJ':>11} {'E mem uJ':>11}")
     rule = "-" * len(header)
     out += [rule, header, rule]
     stages = report.stage_totals()
@@ -341,8 +339,8 @@ def render_table(report: EnergyReport) -> str:
     ]
     for st in stages:
         ns = [n for n in report.neurons if n.stage == st["stage"]]
-        out += [f"{n.name:<{w}}  {n.kind:<5} {_si(n.neurons_per_step):>13} {_si(n.spikes):>12} {n.firing_rate:>8.4f}"
-                for n in ns]
+        out += [f"{n.name:<{w}}  {n.kind:<5} {_si(n.neurons_per_step):>13} {_si(n.spikes):>12} "
+                f"{n.firing_rate:>8.4f}" for n in ns]
         if ns:
             out.append(f"{'[' + st['stage'] + ' mean]':<{w}}  {'':<5} {'':>13} {'':>12} {st['firing_rate']:>8.4f}")
     return "\n".join(out)

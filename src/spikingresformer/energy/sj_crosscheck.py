@@ -1,7 +1,4 @@
-"""Cross-check of our counts with SpikingJelly 2.0's ``op_counter``, layer by layer (an optional extra).
-
-Conventions of each side and the install command: ``docs/energy.md``.
-"""
+"""Cross-check of our counts, layer by layer, with SpikingJelly 2.0's ``op_counter`` (``docs/energy.md``)."""
 
 from __future__ import annotations
 
@@ -114,10 +111,8 @@ def _scope_totals(counter: Any, root: str) -> Dict[str, float]:
 
 
 def crosscheck(model: nn.Module, inputs: torch.Tensor, *, T: Optional[int] = None) -> CrossCheck:
-    """Count ``model`` on one batch with our meter and with SpikingJelly 2.0's counters; compare per layer.
-
-    Both passes run in eval mode without gradients; ``ImportError`` says how to install SpikingJelly 2.0.
-    """
+    """Count ``model`` on one batch with our meter and with SpikingJelly 2.0's counters (in eval mode, without
+    gradients) and compare per layer; ``ImportError`` says how to install SpikingJelly 2.0."""
     if not spikingjelly_available():
         raise ImportError(f"the cross-check needs SpikingJelly 2.0's op_counter: {INSTALL_HINT}")
     import spikingjelly
@@ -125,19 +120,16 @@ def crosscheck(model: nn.Module, inputs: torch.Tensor, *, T: Optional[int] = Non
 
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"crosscheck expects one input tensor, got {type(inputs).__name__}")
-    device = next(model.parameters()).device
-    x = inputs.to(device)
+    x = inputs.to(next(model.parameters()).device)
     report = analyze(model, x, T=T)
     synops, macs = SynOpCounter(), MACCounter()
     with model_mode(model, False):
         reference = model(x)
         with DispatchCounterMode([synops, macs]):
             counted = model(x)
-    same = bool(torch.equal(reference, counted))
     root = type(model).__name__
-    images = report.images
-    sj_s = {k: v / images for k, v in _scope_totals(synops, root).items()}
-    sj_m = {k: v / images for k, v in _scope_totals(macs, root).items()}
+    sj_s = {k: v / report.images for k, v in _scope_totals(synops, root).items()}
+    sj_m = {k: v / report.images for k, v in _scope_totals(macs, root).items()}
     names = {x.name for x in report.layers}
     bn_names = {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     layers = [LayerAgreement(
@@ -146,14 +138,15 @@ def crosscheck(model: nn.Module, inputs: torch.Tensor, *, T: Optional[int] = Non
         ours_macs=0.0 if rec.spike_input else float(rec.macs_per_step * (rec.steps_computed or report.T)),
         sj_macs=sj_m.get(rec.name, 0.0), ours_dense_macs=float(rec.macs_per_step * report.T),
     ) for rec in report.layers]
-    # scopes of SJ counts that are leaves outside our layers (parents contain their children's counts)
-    leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    # SJ counts in leaf modules outside our layers and BatchNorm (parents contain their children's counts)
+    outside = {n for n, m in model.named_modules() if not any(True for _ in m.children())} - names - bn_names
     unmatched = {f"{label}:{name}": v for counts, label in ((sj_s, "sops"), (sj_m, "macs"))
-                 for name, v in counts.items() if v and name in leaves and name not in names and name not in bn_names}
+                 for name, v in counts.items() if v and name in outside}
     return CrossCheck(
         layers=layers, ours_sops=report.sops_per_image, sj_sops=sum(sj_s.get(n, 0.0) for n in names),
         ours_real_macs=sum(x.ours_macs for x in layers), sj_macs_layers=sum(sj_m.get(n, 0.0) for n in names),
         ours_bn_elements=report.bn_ops_per_image_per_step / 4 * report.T,
-        sj_macs_batchnorm=sum(sj_m.get(n, 0.0) for n in bn_names), sj_unmatched=unmatched, same_output=same,
+        sj_macs_batchnorm=sum(sj_m.get(n, 0.0) for n in bn_names), sj_unmatched=unmatched,
+        same_output=bool(torch.equal(reference, counted)),
         spikingjelly_version=getattr(spikingjelly, "__version__", "2.0"), report=report,
     )
