@@ -23,7 +23,7 @@ from spikingresformer.energy.cli import write_outputs
 def main(argv: Optional[List[str]] = None) -> int:
     """Count the fixture's model on its ``test_input`` and write the report into ``--output``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("fixture", help="official_cifar.pt or official_dvsg.pt")
+    p.add_argument("fixture", help="official_cifar.pt, official_dvsg.pt or their _f64 variants")
     p.add_argument("--output", required=True, help="folder for the report files")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -31,6 +31,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = spikingresformer.create_model(fx["model_name"], num_classes=fx["num_classes"], T=fx["T"],
                                           img_size=fx["img_size"])
     spikingresformer.load_checkpoint(model, fx["checkpoint"])
+    model.to(fx["test_input"].dtype)  # the ``_f64`` fixtures hold float64 weights and input
     report = analyze(model, fx["test_input"], model_name=fx["model_name"])
     check = None
     if spikingjelly_available():
