@@ -21,7 +21,7 @@ PathLike = Union[str, os.PathLike]
 
 def example_input(model: nn.Module, batch: int = 1, img_size: Optional[int] = None, T: Optional[int] = None,
                   events: Optional[bool] = None) -> torch.Tensor:
-    """A random input the model takes: images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``."""
+    """A random model input: images, or event frames ``[B, T, C, H, W]`` (``events=None``: as its config says)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = img_size or getattr(model, "img_size", None) or cfg.get("input_size", (3, 224, 224))[-1]
     chans = getattr(model, "in_chans", 3)
@@ -83,7 +83,8 @@ def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch
                 opset: int = 18, optimize: bool = True, spike_outputs: bool = False) -> Path:
     """Write ``model`` (folded, reference neurons) as an ONNX file for input shaped like ``x``.
 
-    ``spike_outputs``: every neuron layer's spikes as outputs after the logits, for :func:`check_onnx`.
+    ``optimize``: run the exporter's graph optimiser (a smaller file, a slower export). ``spike_outputs``: every
+    neuron layer's spikes as outputs after the logits, for :func:`check_onnx`.
     """
     try:
         import onnx  # noqa: F401

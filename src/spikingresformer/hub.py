@@ -11,9 +11,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import fileio
 from .checkpoint import (CONFIG_KEY, CheckpointError, CheckpointNotFoundError, file_kind, load_checkpoint,
                          read_checkpoint_file, read_state_dict, safetensors_metadata, save_weights, unwrap_model)
-from .fileio import atomic_write_bytes, atomic_write_with
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "ModelSource", "NoModelDescription", "build_for_command",
            "build_from_config", "config_from_model", "config_from_recipe", "convert_checkpoint", "load_model",
@@ -135,7 +135,7 @@ def config_from_model(model: nn.Module, architecture: str, model_args: Optional[
 
 
 def _write_config(folder: Path, config: Mapping[str, Any]) -> Path:
-    return atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    return fileio.atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def _link_or_copy(src: Path, tmp: str) -> None:
@@ -163,7 +163,7 @@ def save_described_weights(path: PathLike, state: Mapping[str, torch.Tensor], me
     save_weights(dict(state), path, metadata=dict(metadata), config=config)
     _write_config(path.parent, config)
     if path.name != WEIGHTS_NAME:
-        atomic_write_with(path.parent / WEIGHTS_NAME, lambda tmp: _link_or_copy(path, tmp))
+        fileio.atomic_write_with(path.parent / WEIGHTS_NAME, lambda tmp: _link_or_copy(path, tmp))
     return path
 
 

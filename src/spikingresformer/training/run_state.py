@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from ..fileio import atomic_write_bytes
+from .. import fileio
 from ..checkpoint import CheckpointError, read_checkpoint_file, safetensors_metadata
 from ..model import DSSA
 from .distributed import DistInfo
@@ -77,7 +77,7 @@ def _append(path: Path, text: str, sync: bool = False) -> None:
 def write_file(path: Path, data: bytes) -> None:
     """Atomically write ``data``; a failure (disk full, permissions) becomes a :class:`RunError`."""
     try:
-        atomic_write_bytes(path, data)
+        fileio.atomic_write_bytes(path, data)
     except OSError as e:
         raise RunError(f"could not write {path}: {e.strerror or e}; the previous {path.name} is unchanged") from None
 
