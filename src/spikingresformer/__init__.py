@@ -1,9 +1,7 @@
 """SpikingResformer: a spiking vision transformer with Dual Spike Self-Attention (CVPR 2024).
 
 Importing the package registers the six published variants with timm, so
-``timm.create_model("spikingresformer_ti")`` and :func:`create_model` are the same call. A trained
-model folder (``config.json`` + ``model.safetensors``) comes back with :func:`load_model` or
-``timm.create_model("local-dir:<folder>", pretrained=True)``.
+``timm.create_model("spikingresformer_ti")`` and :func:`create_model` are the same call.
 """
 
 from __future__ import annotations
@@ -19,21 +17,9 @@ from .model import VARIANTS, SpikingResformer, fuse_for_inference
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "LoadResult",
-    "SpikingResformer",
-    "VARIANTS",
-    "create_model",
-    "fuse_for_inference",
-    "list_models",
-    "load_checkpoint",
-    "load_model",
-    "read_state_dict",
-    "save_pretrained",
-    "save_weights",
-    "__version__",
-]
+__all__ = ["CheckpointError", "LoadResult", "SpikingResformer", "VARIANTS", "create_model", "fuse_for_inference",
+           "list_models", "load_checkpoint", "load_model", "read_state_dict", "save_pretrained", "save_weights",
+           "__version__"]
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -1,8 +1,4 @@
-"""Loading official and own checkpoints safely, and writing ``.safetensors`` weights.
-
-Nothing here unpickles code: ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)``
-and anything that needs more than tensors and plain containers is refused.
-"""
+"""Loading checkpoints safely (``torch.load(weights_only=True)``) and writing ``.safetensors`` weights."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["LoadResult", "CheckpointError", "CheckpointNotFoundError", "file_kind", "read_checkpoint_file",
-           "read_state_dict", "load_checkpoint", "save_weights", "unwrap_model"]
+           "read_state_dict", "load_checkpoint", "safetensors_metadata", "save_weights", "unwrap_model"]
 
 PathLike = Union[str, os.PathLike]
 #: key of a model's JSON description (``config.json``'s content) in a ``.safetensors`` header
@@ -41,25 +37,11 @@ class LoadResult:
     skipped_keys: List[str] = field(default_factory=list)
 
 
-def _strip_prefixes(state: Dict[str, Any]) -> Dict[str, Any]:
-    """Remove the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def file_kind(path: Path) -> str:
-    """What a file holds, judged by its first bytes: ``torch``, ``torch-legacy`` or ``safetensors``.
-
-    Raises :class:`CheckpointError` naming what the file is when it is none of them.
-    """
+    """What a file holds by its first bytes: ``torch``, ``torch-legacy`` or ``safetensors``; else an error."""
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (was its write interrupted?)")
@@ -86,12 +68,7 @@ def file_kind(path: Path) -> str:
 
 
 def read_checkpoint_file(path: PathLike) -> Any:
-    """Read a checkpoint file without running code from it; the format is judged by content, not name.
-
-    Every problem (missing, a directory, empty, truncated, text, objects other than tensors and
-    plain containers) is a :class:`CheckpointError` (``FileNotFoundError`` when absent) that says
-    what the file is and why it cannot be used.
-    """
+    """Read a checkpoint file without running code from it; any problem is a :class:`CheckpointError`."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
@@ -119,12 +96,7 @@ def read_checkpoint_file(path: PathLike) -> Any:
 
 
 def read_state_dict(source: Union[PathLike, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
-    """Return the model state dict held by ``source``.
-
-    ``source`` is a path to a ``.safetensors`` file or a ``torch.save`` file, or an already loaded
-    dict. Training checkpoints (``{'model': state_dict, 'optimizer': ...}``) and raw state dicts are
-    both accepted.
-    """
+    """The model state dict in a file or loaded dict: a training checkpoint's ``model`` or a bare state dict."""
     if isinstance(source, (str, os.PathLike)):
         data: Any = read_checkpoint_file(source)
     elif isinstance(source, Mapping):
@@ -143,13 +115,18 @@ def read_state_dict(source: Union[PathLike, Mapping[str, Any]]) -> Dict[str, tor
             f"expected a state dict of tensors; entries {bad[:5]} are not tensors "
             f"(top-level keys: {sorted(data)[:10]})"
         )
-    return _strip_prefixes(dict(data))
+    # without the prefixes of DDP (module.) and torch.compile (_orig_mod.)
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in data.items()}
 
 
 def _dtype_kind(dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return "bool"
     return "float" if (dtype.is_floating_point or dtype.is_complex) else "integer"
+
+
+def _first(items: List[str]) -> str:
+    return "; ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 def load_checkpoint(
@@ -159,11 +136,9 @@ def load_checkpoint(
     exclude_classifier: bool = False,
     strict: bool = True,
 ) -> LoadResult:
-    """Load ``source`` into ``model`` and report what did not match.
+    """Load ``source`` into ``model``; report what did not match.
 
-    With ``exclude_classifier=True`` the classifier weights are skipped (transfer learning) and the
-    model keeps its own head. With ``strict=True`` any other missing or unexpected key, or a shape
-    that does not fit, raises :class:`CheckpointError` naming the keys.
+    ``exclude_classifier``: keep the model's head (transfer). ``strict``: refuse missing or unexpected keys.
     """
     state = read_state_dict(source)
     skipped: List[str] = []
@@ -182,17 +157,11 @@ def load_checkpoint(
         if k in own and _dtype_kind(v.dtype) != _dtype_kind(own[k].dtype)
     ]
     if wrong_dtype:
-        raise CheckpointError(
-            "checkpoint tensors have the wrong kind of dtype (casting would change their meaning): "
-            + "; ".join(wrong_dtype[:10])
-            + (f" and {len(wrong_dtype) - 10} more" if len(wrong_dtype) > 10 else "")
-        )
+        raise CheckpointError("checkpoint tensors have the wrong kind of dtype (casting would change their "
+                              "meaning): " + _first(wrong_dtype))
     if mismatched:
-        raise CheckpointError(
-            "checkpoint does not fit the model (is it another variant or class count?); shape mismatches: "
-            + "; ".join(mismatched[:10])
-            + (f" and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
-        )
+        raise CheckpointError("checkpoint does not fit the model (is it another variant or class count?); "
+                              "shape mismatches: " + _first(mismatched))
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not (exclude_classifier and k.startswith("classifier."))]
     out = LoadResult(missing_keys=missing, unexpected_keys=list(result.unexpected_keys), skipped_keys=skipped)
@@ -219,11 +188,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike,
                  metadata: Optional[Dict[str, str]] = None, config: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write a model's (or a state dict's) weights to ``path`` as ``.safetensors``, atomically.
+    """Write weights to ``path`` as ``.safetensors``, atomically.
 
-    ``metadata`` (string to string) is stored in the file's header next to ``format: pt``; so is
-    ``config``, the model's description (see :mod:`spikingresformer.hub`), which lets
-    ``spikingresformer.load_model(path)`` rebuild the model from the file alone.
+    ``metadata`` and the model's description ``config`` go into the header (``load_model(path)`` reads it).
     """
     import json
 
@@ -241,3 +208,14 @@ def save_weights(model: Union[nn.Module, Mapping[str, torch.Tensor]], path: Path
     if config is not None:
         meta[CONFIG_KEY] = json.dumps(config)
     return atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def safetensors_metadata(path: PathLike) -> Dict[str, str]:
+    """The string metadata in a ``.safetensors`` header; empty when the file is missing or not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}

@@ -25,6 +25,7 @@ not found, damaged event file or checkpoint, folder in use, disk full, divergenc
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -34,7 +35,14 @@ EXIT_ERROR = 2
 EXIT_SIGTERM = 128 + 15
 
 #: name -> (set-up of its parser, what it runs). A new subcommand is one more entry.
-Command = Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, List[str]], int]]
+Command = Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+#: The commands that take recipe keys as ``--key value`` (``args.overrides``); the others refuse extra arguments.
+_RECIPE_COMMANDS = ("train", "evaluate")
+
+
+def _lazy(module: str, name: str) -> Callable:
+    """``module.name``, imported when it is first called."""
+    return lambda *args: getattr(importlib.import_module(module, __package__), name)(*args)
 
 
 def _recipe_parser(p: argparse.ArgumentParser) -> None:
@@ -61,16 +69,10 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_path", help="where to write the metrics (default <output>/eval.json)")
 
 
-def _energy_parser(p: argparse.ArgumentParser) -> None:
-    from .energy.cli import add_arguments
-
-    add_arguments(p)
-
-
-def _run_train(args: argparse.Namespace, rest: List[str]) -> int:
+def _run_train(args: argparse.Namespace) -> int:
     from .training import load_recipe, parse_overrides, run_training
 
-    run_training(load_recipe(args.config, parse_overrides(rest)))
+    run_training(load_recipe(args.config, parse_overrides(args.overrides)))
     return 0
 
 
@@ -86,11 +88,10 @@ def _described(checkpoint: Optional[str]):
         return None
 
 
-def _run_evaluate(args: argparse.Namespace, rest: List[str]) -> int:
-    from .training import load_recipe, parse_overrides, run_evaluation
-    from .training.recipe import Recipe
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .training import Recipe, load_recipe, parse_overrides, run_evaluation
 
-    overrides = parse_overrides(rest)
+    overrides = parse_overrides(args.overrides)
     src = _described(args.checkpoint)
     checkpoint = str(src.weights) if src is not None else args.checkpoint
     if src is not None and src.recipe is not None and not args.config:
@@ -105,11 +106,9 @@ def _run_evaluate(args: argparse.Namespace, rest: List[str]) -> int:
     return 0
 
 
-def _run_energy(args: argparse.Namespace, rest: List[str]) -> int:
+def _run_energy(args: argparse.Namespace) -> int:
     from .energy.cli import run
 
-    if rest:
-        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
     src = _described(args.checkpoint)
     if src is not None:  # the model (and, with its recipe, the data) come from the checkpoint
         args.checkpoint = str(src.weights)
@@ -126,20 +125,6 @@ def _run_energy(args: argparse.Namespace, rest: List[str]) -> int:
     return int(run(args) or 0)
 
 
-def _predict_parser(p: argparse.ArgumentParser) -> None:
-    from .predict import add_arguments
-
-    add_arguments(p)
-
-
-def _run_predict(args: argparse.Namespace, rest: List[str]) -> int:
-    from .predict import run
-
-    if rest:
-        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
-    return run(args)
-
-
 def _convert_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("Turn an official checkpoint (or any bare state dict) into a model folder: config.json and "
                      "model.safetensors, loadable with spikingresformer.load_model, timm's local-dir: and hf-hub:.")
@@ -151,13 +136,11 @@ def _convert_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", help="a text file with one class name per line (index order)")
 
 
-def _run_convert(args: argparse.Namespace, rest: List[str]) -> int:
+def _run_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .hub import convert_checkpoint
 
-    if rest:
-        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
     names = None
     if args.class_names:
         names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
@@ -168,34 +151,17 @@ def _run_convert(args: argparse.Namespace, rest: List[str]) -> int:
     return 0
 
 
-def _export_parser(p: argparse.ArgumentParser) -> None:
-    from .export import add_arguments
-
-    p.description = "Export a model (BatchNorm folded) to ONNX, checked with ONNX Runtime, or a torch.export archive."
-    add_arguments(p)
-
-
-def _run_export(args: argparse.Namespace, rest: List[str]) -> int:
-    from .export import run
-
-    if rest:
-        raise _UsageError(f"unrecognised arguments: {' '.join(rest)}")
-    return int(run(args) or 0)
-
-
 COMMANDS: Dict[str, Tuple[str, Command]] = {
     "train": ("train a model from a YAML recipe", (_train_parser, _run_train)),
     "evaluate": ("evaluate a checkpoint (official ones too)", (_evaluate_parser, _run_evaluate)),
-    "energy": ("energy and firing-rate report of a model", (_energy_parser, _run_energy)),
-    "export": ("export a model to ONNX or a torch.export archive", (_export_parser, _run_export)),
-    "predict": ("classify image files with a trained model", (_predict_parser, _run_predict)),
+    "energy": ("energy and firing-rate report of a model", (_lazy(".energy.cli", "add_arguments"), _run_energy)),
+    "export": ("export a model to ONNX or a torch.export archive",
+               (_lazy(".export", "add_arguments"), _lazy(".export", "run"))),
+    "predict": ("classify image files with a trained model",
+                (_lazy(".predict", "add_arguments"), _lazy(".predict", "run"))),
     "convert": ("turn an official checkpoint into a model folder (config.json + model.safetensors)",
                 (_convert_parser, _run_convert)),
 }
-
-
-class _UsageError(Exception):
-    pass
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -206,20 +172,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, (help_text, (setup, _)) in COMMANDS.items():
         setup(sub.add_parser(name, help=help_text))
     args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in _RECIPE_COMMANDS:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    args.overrides = rest
 
     from .training.errors import EXPECTED_ERRORS, RunInterrupted
 
     try:
-        return COMMANDS[args.command][1][1](args, rest)
-    except _UsageError as e:
-        parser.error(str(e))
+        return int(COMMANDS[args.command][1][1](args) or 0)
     except RunInterrupted as e:
         print(f"spikingresformer {args.command}: {e}", file=sys.stderr)
         return EXIT_SIGTERM
     except EXPECTED_ERRORS as e:  # anything else is a bug: its traceback is shown (exit code 1)
         print(f"spikingresformer {args.command}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return EXIT_ERROR
-    return 0  # pragma: no cover - parser.error exits
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,4 @@
-"""Deployment: ``torch.export`` programs and ONNX files of a SpikingResformer.
-
-Both start from :func:`prepare_for_export`: an eval-mode copy with BatchNorm folded into the
-convolutions. A ``torch.export`` program keeps the fused neuron operators (one node per neuron layer;
-loading it needs ``import spikingresformer``). ONNX has no such operator, so for ONNX every neuron
-runs the reference loop, which the exporter writes out as plain element-wise operators with the loop
-over T unrolled (T is fixed at export; so is the image size; the batch axis may be dynamic).
-"""
+"""Deployment: ``torch.export`` programs (fused neurons) and ONNX files (reference neurons, T unrolled)."""
 
 from __future__ import annotations
 
@@ -28,10 +21,7 @@ PathLike = Union[str, os.PathLike]
 
 def example_input(model: nn.Module, batch: int = 1, img_size: Optional[int] = None, T: Optional[int] = None,
                   events: Optional[bool] = None) -> torch.Tensor:
-    """A random input of the shape the model takes: images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``.
-
-    ``events=None`` follows the model's pretrained config (the DVS variants take event frames).
-    """
+    """A random model input: images, or event frames ``[B, T, C, H, W]`` (``events=None``: as its config says)."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = img_size or getattr(model, "img_size", None) or cfg.get("input_size", (3, 224, 224))[-1]
     chans = getattr(model, "in_chans", 3)
@@ -44,11 +34,9 @@ def example_input(model: nn.Module, batch: int = 1, img_size: Optional[int] = No
     return torch.randn(batch, chans, size, size, generator=g)
 
 
-def prepare_for_export(model: nn.Module, neuron_backend: Optional[str] = None, T: Optional[int] = None) -> nn.Module:
+def prepare_for_export(model: nn.Module, neuron_backend: Optional[str] = None) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded, optionally with every neuron on ``neuron_backend``."""
     fused = fuse_for_inference(model)
-    if T is not None:
-        fused.T = int(T)
     if neuron_backend is not None:
         for m in fused.modules():
             if isinstance(m, MultiStepNeuron):
@@ -56,10 +44,8 @@ def prepare_for_export(model: nn.Module, neuron_backend: Optional[str] = None, T
     return fused
 
 
-def _dynamic(x: torch.Tensor, dynamic_batch: bool):
-    if not dynamic_batch:
-        return None
-    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+def _dynamic(dynamic_batch: bool):
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
 
 
 def export_program(model: nn.Module, x: torch.Tensor, path: Optional[PathLike] = None, dynamic_batch: bool = False,
@@ -67,7 +53,7 @@ def export_program(model: nn.Module, x: torch.Tensor, path: Optional[PathLike] =
     """``torch.export`` of ``model`` (folded unless ``fold=False``) on example input ``x``; saved as ``.pt2`` if ``path``."""
     prepared = prepare_for_export(model) if fold else model.eval()
     with torch.no_grad():
-        program = torch.export.export(prepared, (x,), dynamic_shapes=_dynamic(x, dynamic_batch))
+        program = torch.export.export(prepared, (x,), dynamic_shapes=_dynamic(dynamic_batch))
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, os.fspath(path))
@@ -95,11 +81,10 @@ class _WithSpikes(nn.Module):
 
 def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch: bool = False,
                 opset: int = 18, optimize: bool = True, spike_outputs: bool = False) -> Path:
-    """Write ``model`` (folded, reference neurons) as an ONNX file for input shaped like ``x``; return the path.
+    """Write ``model`` (folded, reference neurons) as an ONNX file for input shaped like ``x``.
 
-    ``optimize`` runs the exporter's graph optimiser (constant folding, dead-code removal): a smaller
-    file, a slower export. ``spike_outputs`` adds every neuron layer's spikes as outputs after the
-    logits (``spikes_0``, ``spikes_1``, ... in the order the layers run), for :func:`check_onnx`.
+    ``optimize``: run the exporter's graph optimiser (a smaller file, a slower export). ``spike_outputs``: every
+    neuron layer's spikes as outputs after the logits, for :func:`check_onnx`.
     """
     try:
         import onnx  # noqa: F401
@@ -118,7 +103,7 @@ def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch
     with torch.no_grad():
         program = torch.onnx.export(
             prepared, (x,), dynamo=True, opset_version=opset, input_names=["input"], output_names=names,
-            dynamic_shapes=_dynamic(x, dynamic_batch), verbose=False, optimize=optimize,
+            dynamic_shapes=_dynamic(dynamic_batch), verbose=False, optimize=optimize,
         )
     program.save(os.fspath(path))
     return path
@@ -136,14 +121,7 @@ def strip_spike_outputs(path: PathLike) -> None:
 
 
 def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> Fidelity:
-    """Check ``path`` with ``onnx.checker`` and measure how ONNX Runtime agrees with eager PyTorch on ``x``.
-
-    The reference is the original (unfolded) model in eager PyTorch. ONNX Runtime's float32
-    convolutions round differently from PyTorch's, and a membrane within rounding of the threshold
-    flips a spike that then spreads, so agreement is statistical (``docs/numerics.md``): the result
-    holds the top-1 agreement, the largest logit difference and, when the file was written with
-    ``spike_outputs=True``, the fraction of spikes that differ in each neuron layer.
-    """
+    """Check ``path`` with ``onnx.checker``; how ONNX Runtime agrees with the eager, unfolded model on ``x``."""
     import onnx
     import onnxruntime as ort
 
@@ -157,11 +135,10 @@ def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> Fidelity:
     return compare(ref_logits, logits, ref_spikes if spikes else {}, spikes)
 
 
-# -- the ``spikingresformer export`` command ---------------------------------------------------------
-
-
 def add_arguments(p) -> None:
     """Arguments of ``spikingresformer export``."""
+    p.description = ("Export a model (BatchNorm folded) to ONNX, checked with ONNX Runtime, or a torch.export "
+                     "archive.")
     p.add_argument("source", nargs="?", help="a run folder, model folder or weight file that carries its "
                    "description (config.json); the same as --checkpoint")
     p.add_argument("--model", help="registered variant, e.g. spikingresformer_cifar (default: the checkpoint's)")

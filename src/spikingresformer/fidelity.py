@@ -1,13 +1,4 @@
-"""How far two runs of one network agree: top-1 class, logits, and spikes layer by layer.
-
-Float32 spiking networks are not reproducible across processors or runtimes: a convolution that
-sums in another order moves a membrane by a rounding error, a membrane within that error of the
-threshold flips a spike, and the flip spreads through later layers. Comparing logits with a tight
-tolerance then fails for a correct program. What can be compared is statistical: whether the
-predicted class agrees, how large the logit difference is, and what fraction of spikes differ in
-each neuron layer. :func:`compare` measures these; :func:`neuron_outputs` records the spikes of a
-PyTorch model for it. ``docs/numerics.md`` explains the figures.
-"""
+"""How far two runs of one network agree: top-1, logits, spikes per layer (statistical: docs/numerics.md)."""
 
 from __future__ import annotations
 
@@ -19,12 +10,7 @@ from torch import nn
 
 from .neurons import MultiStepNeuron
 
-__all__ = ["LayerFlips", "Fidelity", "neuron_outputs", "neuron_names", "compare"]
-
-
-def neuron_names(model: nn.Module) -> List[str]:
-    """Names of the model's neuron layers, in the order they run."""
-    return [name for name, m in model.named_modules() if isinstance(m, MultiStepNeuron)]
+__all__ = ["LayerFlips", "Fidelity", "neuron_outputs", "compare"]
 
 
 def neuron_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -104,10 +90,7 @@ class Fidelity:
 def compare(reference_logits: torch.Tensor, logits: torch.Tensor,
             reference_spikes: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] = (),
             spikes: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] = ()) -> Fidelity:
-    """Agreement of ``logits`` (and per-layer ``spikes``) with a reference run; shapes must match.
-
-    Spikes are given per layer, as dicts keyed by layer name or as lists in the same order.
-    """
+    """Agreement of ``logits`` (and per-layer ``spikes``: dicts by name or lists) with a reference run."""
     ref, got = reference_logits.detach().double(), logits.detach().double()
     if ref.shape != got.shape:
         raise ValueError(f"logits of shape {tuple(got.shape)} cannot be compared with {tuple(ref.shape)}")

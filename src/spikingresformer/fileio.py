@@ -1,10 +1,4 @@
-"""Files that are either complete or absent: the one atomic-write rule every writer uses.
-
-A writer fills a temporary file in the destination's folder (a unique name, so concurrent writers
-never share one), flushes it to disk, renames it over the destination (``os.replace`` is atomic on
-POSIX) and flushes the folder entry. A process killed at any moment leaves either the old file or
-the new one, plus at most an orphan temporary file that :func:`remove_orphans` can clear.
-"""
+"""Files that are complete or absent: a temporary file beside the destination, synced, then ``os.replace``."""
 
 from __future__ import annotations
 
@@ -71,10 +65,7 @@ def atomic_write_bytes(path: PathLike, data: Union[bytes, bytearray, memoryview]
 
 
 def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Atomically create ``path`` with a writer that only accepts a file name (e.g. safetensors).
-
-    ``write(tmp_name)`` must write the whole file to ``tmp_name``; it is then synced and renamed.
-    """
+    """Atomically create ``path`` with ``write(tmp_name)``, for writers that only take a file name."""
     with _replacing(Path(path)) as tmp:
         write(tmp)
     return Path(path)

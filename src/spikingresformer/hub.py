@@ -1,18 +1,4 @@
-"""Models that carry their own description: ``config.json`` + ``model.safetensors`` in the timm / Hugging Face layout.
-
-A *model folder* holds ``config.json`` (``architecture``, ``model_args``, ``num_classes``,
-``label_names`` and timm's ``pretrained_cfg``: input size, interpolation, crop, mean / std) and
-``model.safetensors``. Such a folder rebuilds the trained model three ways, all giving the same logits:
-
-- ``spikingresformer.load_model(folder)``;
-- ``timm.create_model("local-dir:<folder>", pretrained=True)`` (after ``import spikingresformer``);
-- ``timm.create_model("hf-hub:<user>/<repo>", pretrained=True)`` once the folder is uploaded as it is.
-
-A run folder of ``spikingresformer train`` is such a folder (``model.safetensors`` is a hard link to
-``best.safetensors``); ``best.safetensors`` and :func:`save_pretrained`'s weights also carry the
-description in their header, so a weight file alone is enough. What is ours and not timm's sits
-under the key ``spikingresformer`` (``T``, ``input_kind``, the data set, the training recipe).
-"""
+"""Model folders: ``config.json`` + ``model.safetensors`` in the timm / Hugging Face layout (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -25,25 +11,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import fileio
 from .checkpoint import (CONFIG_KEY, CheckpointError, CheckpointNotFoundError, file_kind, load_checkpoint,
-                         read_checkpoint_file, read_state_dict, save_weights, unwrap_model)
+                         read_checkpoint_file, read_state_dict, safetensors_metadata, save_weights, unwrap_model)
 
-__all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "ModelSource",
-    "NoModelDescription",
-    "build_for_command",
-    "build_from_config",
-    "config_from_model",
-    "config_from_recipe",
-    "convert_checkpoint",
-    "load_model",
-    "make_config",
-    "resolve_source",
-    "save_described_weights",
-    "save_pretrained",
-]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "ModelSource", "NoModelDescription", "build_for_command",
+           "build_from_config", "config_from_model", "config_from_recipe", "convert_checkpoint", "load_model",
+           "make_config", "resolve_source", "save_described_weights", "save_pretrained"]
 
 PathLike = Union[str, os.PathLike]
 CONFIG_NAME = "config.json"
@@ -79,18 +53,10 @@ def make_config(architecture: str, model_args: Mapping[str, Any], *, num_classes
     args = {k: _plain(v) for k, v in model_args.items() if k not in _RUNTIME_ARGS}
     args.update(num_classes=int(num_classes), in_chans=int(in_chans), T=int(T), img_size=int(img_size))
     pretrained_cfg = {
-        "input_size": [int(in_chans), int(img_size), int(img_size)],
-        "fixed_input_size": True,
-        "interpolation": interpolation,
-        "crop_pct": float(crop_pct),
-        "crop_mode": "center",
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "num_classes": int(num_classes),
-        "first_conv": "prologue.0",
-        "classifier": "classifier",
-        "license": "mit",
-        "paper_ids": "arXiv:2403.14302",
+        "input_size": [int(in_chans), int(img_size), int(img_size)], "fixed_input_size": True,
+        "interpolation": interpolation, "crop_pct": float(crop_pct), "crop_mode": "center",
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_classes": int(num_classes),
+        "first_conv": "prologue.0", "classifier": "classifier", "license": "mit", "paper_ids": "arXiv:2403.14302",
     }
     config: Dict[str, Any] = {"architecture": architecture, "num_classes": int(num_classes), "model_args": args,
                               "pretrained_cfg": pretrained_cfg}
@@ -168,40 +134,26 @@ def config_from_model(model: nn.Module, architecture: str, model_args: Optional[
                        input_kind=cfg.get("input_kind", "images"), extra=extra)
 
 
-# -- writing -----------------------------------------------------------------------------------------
-
-
 def _write_config(folder: Path, config: Mapping[str, Any]) -> Path:
-    from .fileio import atomic_write_bytes
-
-    return atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    return fileio.atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
 
 
-def _link_weights(src: Path, dest: Path) -> None:
-    """Make ``dest`` the same file as ``src`` (a hard link; a copy where links are not possible), atomically."""
+def _link_or_copy(src: Path, tmp: str) -> None:
+    """Make ``tmp`` the same file as ``src``: a hard link, or a copy where links are not possible."""
     import shutil
-    import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
     os.unlink(tmp)
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
 
 
 def save_described_weights(path: PathLike, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
                            recipe: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``state`` as ``path`` (``.safetensors``); with the training ``recipe``, also the model's description.
+    """Write ``state`` as ``path`` (``.safetensors``); with the training ``recipe`` also its description.
 
-    The description goes into the file's header, into ``config.json`` beside it, and
-    ``model.safetensors`` beside it becomes a link to ``path``: the folder is then a model folder.
+    The description goes into the header and ``config.json``; ``model.safetensors`` beside it links to ``path``.
     """
     path = Path(path)
     if recipe is None:
@@ -211,7 +163,7 @@ def save_described_weights(path: PathLike, state: Mapping[str, torch.Tensor], me
     save_weights(dict(state), path, metadata=dict(metadata), config=config)
     _write_config(path.parent, config)
     if path.name != WEIGHTS_NAME:
-        _link_weights(path, path.parent / WEIGHTS_NAME)
+        fileio.atomic_write_with(path.parent / WEIGHTS_NAME, lambda tmp: _link_or_copy(path, tmp))
     return path
 
 
@@ -224,9 +176,6 @@ def save_pretrained(model: Union[nn.Module, Mapping[str, torch.Tensor]], folder:
     save_weights(state, folder / WEIGHTS_NAME, config=config)
     _write_config(folder, config)
     return folder
-
-
-# -- reading -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -252,29 +201,15 @@ def _read_json(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _safetensors_config(path: Path) -> Optional[Dict[str, Any]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            text = (f.metadata() or {}).get(CONFIG_KEY)
-    except Exception:
-        return None
-    return json.loads(text) if text else None
-
-
 def _recipe_of(config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     recipe = (config.get("spikingresformer") or {}).get("recipe")
     return dict(recipe) if isinstance(recipe, dict) else None
 
 
 def resolve_source(source: PathLike) -> ModelSource:
-    """Find the description and the weights of ``source``: a model / run folder or a weight file.
+    """The description and weights of a model / run folder or a weight file.
 
-    A folder needs ``config.json`` (or a run's ``recipe.yaml``) and a weight file; a ``.safetensors``
-    file carries its description in its header or has ``config.json`` beside it; a training
-    checkpoint (``.pth``) holds its recipe. Anything else raises :class:`NoModelDescription`
-    (``FileNotFoundError`` when the path does not exist).
+    Raises :class:`NoModelDescription` when nothing says which model the weights hold.
     """
     path = Path(source)
     if not path.exists():
@@ -294,7 +229,8 @@ def resolve_source(source: PathLike) -> ModelSource:
         raise NoModelDescription(f"{path} has no {CONFIG_NAME}: it does not say which model its weights hold")
     sibling = path.parent / CONFIG_NAME
     if file_kind(path) == "safetensors":
-        config = _safetensors_config(path)
+        text = safetensors_metadata(path).get(CONFIG_KEY)
+        config = json.loads(text) if text else None
         if config is None and sibling.is_file():
             config = _read_json(sibling)
         if config is None:
@@ -336,12 +272,9 @@ def build_from_config(config: Mapping[str, Any], architecture: Optional[str] = N
 
 def load_model(source: PathLike, *, architecture: Optional[str] = None, device: Union[str, torch.device] = "cpu",
                **overrides: Any) -> nn.Module:
-    """Rebuild a trained model from a model folder, a run folder or a weight file that carries its description.
+    """Rebuild a trained model (eval mode, on ``device``) from a model or run folder or a described weight file.
 
-    ``overrides`` replace constructor arguments (``T``, ``img_size``, ``neuron_backend``, ...);
-    ``architecture`` replaces the variant name. Returns the model in eval mode on ``device``; its
-    ``pretrained_cfg`` holds the preprocessing (``mean``, ``std``, ``input_size``, ...) and
-    ``label_names``.
+    ``overrides`` replace constructor arguments; ``pretrained_cfg`` holds the preprocessing and ``label_names``.
     """
     src = resolve_source(source)
     model = build_from_config(src.config, architecture, **overrides)
@@ -350,11 +283,7 @@ def load_model(source: PathLike, *, architecture: Optional[str] = None, device: 
 
 
 def build_for_command(model_name: Optional[str], checkpoint: Optional[PathLike], **overrides: Any) -> nn.Module:
-    """The model of a command line: ``checkpoint`` rebuilds itself when it can; else ``--model`` names it.
-
-    ``overrides`` that are None are left to the checkpoint or the variant. Without a description,
-    ``num_classes`` follows the checkpoint's classifier.
-    """
+    """A command line's model: ``checkpoint`` rebuilds itself when it can, else ``--model`` names it."""
     from . import create_model
 
     if checkpoint is not None:
@@ -377,10 +306,7 @@ def build_for_command(model_name: Optional[str], checkpoint: Optional[PathLike],
 
 def convert_checkpoint(checkpoint: PathLike, architecture: str, output: PathLike, *, T: Optional[int] = None,
                        img_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None) -> Path:
-    """Turn an official (or any bare) checkpoint of variant ``architecture`` into a model folder at ``output``.
-
-    Classes and input channels follow the checkpoint; ``T`` and ``img_size`` the variant unless given.
-    """
+    """Turn an official (or any bare) checkpoint of variant ``architecture`` into a model folder at ``output``."""
     from . import create_model
 
     state = read_state_dict(checkpoint)

@@ -1,10 +1,4 @@
-"""``spikingresformer predict``: the top-k classes of image files, with a model that carries its own description.
-
-The model (a run folder, a model folder or a weight file; see :mod:`spikingresformer.hub`) brings
-its preprocessing: input size and channels, interpolation, crop and normalisation (the evaluation
-transform of ``image-folder``), and its class names. An image that cannot be read is reported and
-the others are still classified.
-"""
+"""``spikingresformer predict``: the top-k classes of image files, with a model that brings its preprocessing."""
 
 from __future__ import annotations
 

@@ -5,15 +5,5 @@ from .evaluate import run_evaluation
 from .recipe import Recipe, RecipeError, load_recipe, parse_overrides, recipe_help
 from .train import run_training
 
-__all__ = [
-    "DivergedError",
-    "Recipe",
-    "RecipeError",
-    "RunError",
-    "RunInterrupted",
-    "load_recipe",
-    "parse_overrides",
-    "recipe_help",
-    "run_evaluation",
-    "run_training",
-]
+__all__ = ["DivergedError", "Recipe", "RecipeError", "RunError", "RunInterrupted", "load_recipe",
+           "parse_overrides", "recipe_help", "run_evaluation", "run_training"]

@@ -1,9 +1,4 @@
-"""What a run trains on and what it trains: the data sets, their loaders and the model, from a recipe.
-
-The checks of the recipe keys these builders use (``dataset``, ``data_args``, ``model``,
-``model_args``) live here too, next to the code they protect; :mod:`.recipe` calls them once when
-it reads a recipe, so a bad name is refused before any data is read.
-"""
+"""The data sets, loaders and model of a recipe, and the checks of the recipe keys they use."""
 
 from __future__ import annotations
 
@@ -17,41 +12,24 @@ from .. import create_model, list_models
 from ..data import build_dataset, dataset_names, dataset_options
 from ..data.registry import DatasetInfo
 from ..model import SpikingResformer
-from .distributed import DistInfo, ShardedEvalSampler, convert_sync_batchnorm
+from .distributed import DistInfo, convert_sync_batchnorm
 from .errors import RecipeError
 
 if TYPE_CHECKING:
     from .recipe import Recipe
 
-__all__ = [
-    "GENERIC_DATA_KEYS",
-    "EpochSampler",
-    "build_data",
-    "build_model",
-    "check_data_settings",
-    "check_model_settings",
-    "data_options",
-    "eval_loader",
-    "train_loader",
-]
+__all__ = ["GENERIC_DATA_KEYS", "EpochSampler", "build_data", "build_model", "check_data_settings",
+           "check_model_settings", "data_options", "eval_loader", "train_loader"]
 
 #: Data keys of a recipe that reach the data builders only when they differ from the default.
 GENERIC_DATA_KEYS = ("aa", "reprob", "interpolation", "crop_pct", "mean", "std", "cifar10dvs_split", "cache_dir",
                      "dvs_augment")
-#: Model constructor arguments that recipe keys set (so ``model_args`` may not).
-_RECIPE_MODEL_KEYS = {"num_classes": "num_classes", "T": "T", "img_size": "img_size",
-                      "neuron_backend": "neuron_backend"}
-
-
-# -- data ------------------------------------------------------------------------------------------
+#: Model constructor arguments that recipe keys of the same name set (so ``model_args`` may not).
+_RECIPE_MODEL_KEYS = ("num_classes", "T", "img_size", "neuron_backend")
 
 
 def data_options(recipe: "Recipe") -> Dict[str, Any]:
-    """The data settings of a recipe, as :func:`spikingresformer.data.build_dataset` takes them.
-
-    ``img_size``, ``T``, ``augment`` and ``seed`` always; each generic data key only when the
-    recipe changes it from its default; then the data-set-specific ``data_args``.
-    """
+    """A recipe's data settings for ``build_dataset``: generic data keys only when changed, then ``data_args``."""
     defaults = type(recipe)()
     opts: Dict[str, Any] = dict(img_size=recipe.img_size, T=recipe.T, augment=recipe.augment, seed=recipe.seed)
     for key in GENERIC_DATA_KEYS:
@@ -77,10 +55,7 @@ def check_data_settings(recipe: "Recipe") -> None:
 
 
 def build_data(recipe: "Recipe", train: bool) -> Tuple[Dataset, DatasetInfo]:
-    """The training or evaluation part of the recipe's data set (``train_limit`` / ``eval_limit`` applied).
-
-    A missing data folder, a bad option value or a damaged file raise the data package's own errors.
-    """
+    """The training or evaluation part of the recipe's data set (``train_limit`` / ``eval_limit`` applied)."""
     opts = data_options(recipe)
     opts["augment"] = recipe.augment and train
     ds, info = build_dataset(recipe.dataset, recipe.data_root, train, **opts)
@@ -111,11 +86,7 @@ class EpochSampler(DistributedSampler):
 
 
 def train_loader(recipe: "Recipe", dist: DistInfo, train_ds: Dataset) -> DataLoader:
-    """Shuffled training loader of full batches; ``loader.sampler`` is its :class:`EpochSampler`.
-
-    Workers are started afresh each epoch, so their random streams come from the epoch's seed
-    (see :func:`.engine.seed_streams`) and a run resumed at an epoch boundary draws what it would have.
-    """
+    """Shuffled training loader of full batches; ``loader.sampler`` is its :class:`EpochSampler`."""
     if len(train_ds) < recipe.batch_size * dist.world_size:  # type: ignore[arg-type]
         raise RecipeError(
             f"the training set has {len(train_ds)} samples, fewer than one global batch "  # type: ignore[arg-type]
@@ -128,15 +99,10 @@ def train_loader(recipe: "Recipe", dist: DistInfo, train_ds: Dataset) -> DataLoa
 
 
 def eval_loader(recipe: "Recipe", dist: DistInfo, eval_ds: Dataset) -> DataLoader:
-    """Evaluation loader in which every sample goes to exactly one rank."""
-    return DataLoader(
-        eval_ds, batch_size=recipe.eval_batch_size or recipe.batch_size,
-        sampler=ShardedEvalSampler(len(eval_ds), dist.rank, dist.world_size),  # type: ignore[arg-type]
-        num_workers=recipe.workers, pin_memory=dist.device.type == "cuda",
-    )
-
-
-# -- model -----------------------------------------------------------------------------------------
+    """Evaluation loader in which every sample goes to exactly one rank (rank r: r, r + W, ...; no padding)."""
+    shard = Subset(eval_ds, range(dist.rank, len(eval_ds), dist.world_size))  # type: ignore[arg-type]
+    return DataLoader(shard, batch_size=recipe.eval_batch_size or recipe.batch_size, num_workers=recipe.workers,
+                      pin_memory=dist.device.type == "cuda")
 
 
 def _constructor_args() -> List[str]:
@@ -151,17 +117,13 @@ def check_model_settings(recipe: "Recipe") -> None:
     allowed = [a for a in _constructor_args() if a not in _RECIPE_MODEL_KEYS]
     for key in recipe.model_args:
         if key in _RECIPE_MODEL_KEYS:
-            raise RecipeError(f"model_args may not set {key!r}: use the recipe key {_RECIPE_MODEL_KEYS[key]!r}")
+            raise RecipeError(f"model_args may not set {key!r}: use the recipe key {key!r}")
         if key not in allowed:
             raise RecipeError(f"unknown model_args key {key!r} for {recipe.model}; allowed: {allowed}")
 
 
 def build_model(recipe: "Recipe", info: DatasetInfo, dist: Optional[DistInfo] = None) -> nn.Module:
-    """The recipe's model for a data set (classes and channels from the data unless set).
-
-    With ``dist``: BatchNorm synchronised across processes (``sync_bn``), block recomputation
-    (``grad_checkpointing``), on the process's device, ready to train.
-    """
+    """The recipe's model for a data set; with ``dist``, ready to train on the process's device."""
     if recipe.num_classes is not None and recipe.num_classes < info.num_classes:
         raise RecipeError(
             f"num_classes {recipe.num_classes} is smaller than the {info.num_classes} classes of {info.name}"

@@ -1,39 +1,17 @@
-"""Distributed training under ``torchrun``: process groups, samplers, reductions, synchronised BN.
-
-``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; without them everything runs as one
-process. NCCL is used on CUDA and Gloo on CPU.
-
-How DSSA firing-rate buffers stay consistent: each DSSA averages its batch firing rate over all
-ranks (an all-reduce of a few numbers) before the moving average, so every rank holds identical
-buffers and uses the scales a single process with the global batch would use. BatchNorm running
-statistics are kept consistent by DDP's buffer broadcast from rank 0, or are computed over the
-global batch with ``sync_bn``.
-"""
+"""Distributed training under ``torchrun``: process groups, reductions, synchronised BN (docs/training.md)."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
-from typing import Iterator
-
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
 
 from .errors import RecipeError
 
-__all__ = [
-    "DistInfo",
-    "process_info",
-    "join_process_group",
-    "cleanup_distributed",
-    "all_reduce_sum",
-    "ShardedEvalSampler",
-    "DistributedBatchNorm2d",
-    "convert_sync_batchnorm",
-]
+__all__ = ["DistInfo", "process_info", "join_process_group", "cleanup_distributed", "all_reduce_sum",
+           "DistributedBatchNorm2d", "convert_sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -55,11 +33,7 @@ class DistInfo:
 
 
 def process_info(device: str = "auto") -> DistInfo:
-    """Where this process stands, as ``torchrun`` describes it (the one place that reads its variables).
-
-    Picks the device (``auto``: CUDA when present) and joins nothing yet, so that a recipe that
-    cannot run here is refused before any process group exists; see :func:`join_process_group`.
-    """
+    """This process's rank and device from ``torchrun``'s variables (one process without them); joins nothing."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -99,29 +73,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class ShardedEvalSampler(Sampler[int]):
-    """Evaluation sampler that gives every sample to exactly one rank (no padding, no duplicates).
-
-    Rank ``r`` takes indices ``r, r + W, r + 2W, ...``; counts reduced over ranks are exact.
-    """
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return max(0, math.ceil((self.length - self.rank) / self.world_size))
-
-
 class DistributedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics span every rank; works on CPU (Gloo) and CUDA.
-
-    PyTorch's ``SyncBatchNorm`` only runs on accelerators, so CPU runs use this: the per-channel sum
-    and sum of squared deviations are all-reduced with autograd-aware collectives, and running
-    statistics are updated with the unbiased global variance, as a single process would.
-    """
+    """BatchNorm2d whose training statistics span every rank, for CPU (PyTorch's ``SyncBatchNorm`` needs CUDA)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

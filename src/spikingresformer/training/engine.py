@@ -1,14 +1,7 @@
-"""One training epoch and one evaluation pass: the plain loops a newcomer can read top to bottom.
-
-:func:`train_one_epoch` takes the run's context (:class:`Run`: model, optimizer, loaders, loss, ...)
-and never waits for the device inside a step: the loss is summed on the device and read back (and,
-under ``torchrun``, summed over processes) every ``log_interval`` steps and at the end of the
-epoch. A non-finite loss is therefore noticed at the next such point, before anything is saved.
-"""
+"""One training epoch and one evaluation pass: the plain loops a newcomer can read top to bottom."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sys
 import time
@@ -27,7 +20,7 @@ if TYPE_CHECKING:
     from .recipe import Recipe
     from .run_state import RunFolder
 
-__all__ = ["Progress", "Run", "StopFlag", "autocast_context", "evaluate", "progress_bar", "seed_streams", "tet_loss",
+__all__ = ["Progress", "Run", "StopFlag", "evaluate", "progress_bar", "seed_streams", "tet_loss",
            "train_one_epoch"]
 
 #: Steps between device synchronisations when ``log_interval`` is 0 (no step log lines).
@@ -75,14 +68,7 @@ class Progress:
 
 
 def seed_streams(seed: int, rank: int, epoch: int, *step: int) -> None:
-    """Seed Python's, NumPy's and torch's generators from (seed, rank, epoch[, step]).
-
-    :func:`train_one_epoch` seeds them when an epoch's loader starts (data-loading workers take
-    their seeds from torch's generator then) and again before each step's batch is fetched, so
-    every random draw (augmentation, mixup) follows from these numbers: a run resumed at an epoch
-    boundary continues exactly as an uninterrupted one, and with ``workers: 0`` so does a run
-    resumed inside an epoch. No random state needs to be saved.
-    """
+    """Seed Python's, NumPy's and torch's generators from (seed, rank, epoch[, step]) (docs/training.md)."""
     state = np.random.SeedSequence([seed, rank, epoch, *step]).generate_state(2)
     value = int(state[0]) << 32 | int(state[1])
     random.seed(value)
@@ -103,13 +89,6 @@ def tet_loss(
     return loss
 
 
-def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` on the device, or a no-op when ``dtype`` is None (mixed precision off)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool):
     """A tqdm bar on the main process (sparse updates when output is not a terminal)."""
     if not enabled:
@@ -122,13 +101,9 @@ def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool):
 
 def train_one_epoch(run: Run, epoch: int,
                     start: Optional[Progress] = None) -> Tuple[Dict[str, Any], Optional[Progress]]:
-    """Train for one pass over ``run.train_loader``; return the mean loss and throughput over all ranks.
+    """Train one pass over ``run.train_loader`` (from ``start`` in a stopped epoch); return metrics over all ranks.
 
-    ``start`` continues an epoch that was stopped part-way (the caller's sampler then leaves out
-    its first ``start.step`` steps). The random streams are seeded here (:func:`seed_streams`).
-    When ``run.stop.requested`` turns true (on any rank; under ``torchrun`` noticed at the next
-    synchronisation), the epoch ends after the current step and the second result says how far
-    it got; otherwise it is None.
+    The second result says how far the epoch got when ``run.stop.requested`` ended it early, else None.
     """
     recipe, dist, net = run.recipe, run.dist, run.net
     assert net is not None
@@ -152,7 +127,7 @@ def train_one_epoch(run: Run, epoch: int,
         if run.mixup is not None:
             images, target = run.mixup(images, target)
 
-        with autocast_context(dist.device, run.amp_dtype):
+        with torch.autocast(dist.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
             if recipe.tet:
                 steps = net(images, return_steps=True)  # a call argument: passes through DDP and compile
                 loss = tet_loss(steps.float(), target, run.criterion, recipe.tet_lambda, recipe.tet_phi)
@@ -233,7 +208,7 @@ def evaluate(model: nn.Module, loader: Iterable, dist: DistInfo, amp_dtype: Opti
     for images, target in batches:
         images = images.to(dist.device, non_blocking=True)
         target = target.to(dist.device, non_blocking=True)
-        with autocast_context(dist.device, amp_dtype):
+        with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images).float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices

@@ -1,9 +1,4 @@
-"""Expected ways a run can end early, each with a message that says what happened and what to do.
-
-Each error is built from one message argument. :data:`EXPECTED_ERRORS` lists every type that a
-command reports in one line (``spikingresformer <command>: error: ...``, exit code 2); anything else
-is a bug and keeps its traceback.
-"""
+"""Expected ways a run can end early, each built from one message that says what happened and what to do."""
 
 from __future__ import annotations
 
@@ -33,6 +28,5 @@ class RunInterrupted(Exception):
     """The run was asked to stop (SIGTERM); it finished the current step and saved ``last.pth``."""
 
 
-#: Failures a command reports in one line: bad recipes, data, event files and checkpoints, run-folder
-#: problems, divergence. :class:`RunInterrupted` is not among them (it has an exit code of its own).
+#: Failures a command reports in one line (exit code 2); anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (RecipeError, RunError, CheckpointError, DataError)

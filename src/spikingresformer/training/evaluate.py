@@ -23,12 +23,7 @@ __all__ = ["energy_summary", "run_evaluation"]
 
 
 def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluate ``recipe.model`` with weights from ``checkpoint`` on the recipe's evaluation data.
-
-    Prints top-1/top-5, loss, images per second and parameter count; writes them as JSON to
-    ``output_json`` (default ``<output>/eval.json``). Works under ``torchrun`` too (each sample is
-    counted exactly once).
-    """
+    """Evaluate ``checkpoint`` on the recipe's evaluation data; write the metrics to ``output_json``."""
     start = time.perf_counter()
     dist = process_info(recipe.device)
     join_process_group(dist)
@@ -36,7 +31,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
         output = output_folder(recipe.output, recipe.model, recipe.dataset)
         if dist.is_main:
             output.mkdir(parents=True, exist_ok=True)
-        log = Logger(dist, None)
+        log = Logger(dist)
         eval_ds, info = build_data(recipe, train=False)
         model = build_model(recipe, info)
         if checkpoint:

@@ -1,8 +1,4 @@
-"""How a run learns: optimizer, learning-rate schedule, loss, mixup/cutmix, mixed precision, from a recipe.
-
-The allowed values of the recipe keys used here (:data:`SCHEDULERS`, :data:`AMP_DTYPES`) are
-defined here and imported by the recipe's checks, so the two cannot disagree.
-"""
+"""How a run learns: optimizer, learning-rate schedule, loss, mixup/cutmix, mixed precision, from a recipe."""
 
 from __future__ import annotations
 
@@ -45,11 +41,7 @@ def build_scheduler(recipe: "Recipe", optimizer: torch.optim.Optimizer) -> Any:
 
 
 def amp_dtype(recipe: "Recipe", device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None when mixed precision is off.
-
-    ``auto``: bfloat16 on CPU and on CUDA devices that support it, else float16. ``float16`` is
-    honoured on CPU too (slower there than bfloat16; it takes the gradient scaler's path).
-    """
+    """The autocast dtype, or None when mixed precision is off (``auto``: bfloat16 where supported)."""
     if not recipe.amp:
         return None
     if recipe.amp_dtype == "bfloat16":

@@ -1,9 +1,4 @@
-"""Training recipes: every key, its default and its meaning, read from YAML and overridden by flags.
-
-A recipe is a flat YAML mapping. :class:`Recipe` lists every key that a recipe may hold; an unknown
-key is an error (a typo must not silently fall back to a default). Command-line flags
-``--key value`` override the file, and the merged recipe is written next to the run's outputs.
-"""
+"""Training recipes: every key, its default and its meaning, read from YAML and overridden by ``--key value``."""
 
 from __future__ import annotations
 
@@ -117,18 +112,14 @@ _HINTS = get_type_hints(Recipe)
 _FIELDS = {f.name: f for f in fields(Recipe)}
 
 
-def _base_type(hint: Any) -> Any:
-    if get_origin(hint) is Union:
-        args = [a for a in get_args(hint) if a is not type(None)]
-        return args[0]
-    return hint
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Check/convert ``value`` to the type of recipe key ``key``."""
     hint = _HINTS[key]
     optional = get_origin(hint) is Union and type(None) in get_args(hint)
-    base = _base_type(hint)
+    base = next(a for a in get_args(hint) if a is not type(None)) if get_origin(hint) is Union else hint
     if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
         if not optional:
             raise RecipeError(f"recipe key {key!r} may not be null")
@@ -136,44 +127,21 @@ def _coerce(key: str, value: Any) -> Any:
     origin = get_origin(base) or base
     try:
         if origin is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("true", "1", "yes", "on"):
-                    return True
-                if low in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if origin is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if origin is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if origin is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-        if origin is list:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return [float(v) for v in value]
-        if origin is dict:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
+            flag = _BOOLS.get(value.lower()) if isinstance(value, str) else value
+            if isinstance(flag, bool):
+                return flag
+        elif origin in (int, float, str):  # no bools, no fractional ints
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and not (
+                    origin is int and isinstance(value, float) and not value.is_integer()):
+                return origin(value)
+        else:  # list or dict, given as YAML on the command line
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+            if origin is list and isinstance(value, (list, tuple)):
+                return [float(v) for v in value]
+            if origin is dict and isinstance(value, dict):
+                return dict(value)
     except (TypeError, ValueError, yaml.YAMLError):
         pass
-    else:
-        return value
     raise RecipeError(
         f"recipe key {key!r} expects {getattr(base, '__name__', str(base))}"
         f"{' or null' if optional else ''}; got {value!r}"
@@ -193,20 +161,13 @@ def parse_overrides(tokens: Sequence[str]) -> Dict[str, str]:
     out: Dict[str, str] = {}
     i = 0
     while i < len(tokens):
-        tok = tokens[i]
-        if not tok.startswith("--"):
-            raise RecipeError(f"expected a --key value pair, got {tok!r}")
-        key = tok[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
-                value = "true"  # a bare flag switches a boolean on
-                i += 1
-            else:
-                value = tokens[i + 1]
-                i += 2
+        if not tokens[i].startswith("--"):
+            raise RecipeError(f"expected a --key value pair, got {tokens[i]!r}")
+        key, eq, value = tokens[i][2:].partition("=")
+        i += 1
+        if not eq:  # a bare flag switches a boolean on
+            has_value = i < len(tokens) and not tokens[i].startswith("--")
+            value, i = (tokens[i], i + 1) if has_value else ("true", i)
         out[key.replace("-", "_")] = value
     return out
 

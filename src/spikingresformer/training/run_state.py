@@ -1,15 +1,4 @@
-"""The run folder and the state in it: checkpoints, metrics, the folder lock, repair after a kill.
-
-Layout of a run folder (see ``docs/training.md``): ``recipe.yaml``, ``log.txt``, ``metrics.jsonl``
-(one JSON line per epoch), ``last.pth`` (the full training state, written after every epoch: the
-commit point of an epoch), ``best.pth`` / ``best.safetensors`` (the best epoch so far), ``.lock``.
-
-Every file is written with :mod:`spikingresformer.fileio` (temporary file, fsync, rename), so a
-kill leaves each file old or new. Per epoch the order is: metrics line, ``last.pth``, then the best
-files. A run resumed after a kill calls :meth:`RunFolder.repair`, which drops metrics lines of
-epochs that ``last.pth`` does not hold and rebuilds ``best.*`` from ``last.pth`` when the kill came
-between the two; afterwards what ``last.pth`` says is best is what ``best.*`` hold.
-"""
+"""The run folder and the state in it: checkpoints, metrics, the lock, repair after a kill (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -26,22 +15,13 @@ import torch
 from torch import nn
 
 from .. import fileio
-from ..checkpoint import CheckpointError, read_checkpoint_file
+from ..checkpoint import CheckpointError, read_checkpoint_file, safetensors_metadata
 from ..model import DSSA
 from .distributed import DistInfo
 from .errors import MissingFileError, RunError
 
-__all__ = [
-    "Logger",
-    "RunFolder",
-    "epoch_of",
-    "load_training_checkpoint",
-    "output_folder",
-    "rate_flags",
-    "require_file",
-    "save_training_checkpoint",
-    "set_rate_flags",
-]
+__all__ = ["Logger", "RunFolder", "epoch_of", "load_training_checkpoint", "output_folder", "rate_flags",
+           "require_file", "set_rate_flags", "write_file"]
 
 #: Files that make a folder hold a run (a fresh start there must be asked for explicitly).
 RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "metrics.jsonl")
@@ -55,18 +35,12 @@ def output_folder(output: Optional[str], model: str, dataset: str) -> Path:
 
 
 class Logger:
-    """Prints on rank 0 and, once a file is attached, appends the same lines to it.
+    """Prints on rank 0 and, once a file is attached, appends the same lines to it (earlier lines included)."""
 
-    Lines logged before :meth:`attach` are kept and written when the file is attached, so a run
-    can report its set-up without touching its folder until the set-up has succeeded.
-    """
-
-    def __init__(self, dist: DistInfo, file: Optional[Path] = None) -> None:
+    def __init__(self, dist: DistInfo) -> None:
         self.enabled = dist.is_main
         self.file: Optional[Path] = None
         self._pending: List[str] = []
-        if file is not None:
-            self.attach(file)
 
     def attach(self, file: Path) -> None:
         """Start appending to ``file`` (with every line logged so far)."""
@@ -74,16 +48,8 @@ class Logger:
             return
         self.file = file
         if self._pending:
-            self._append("".join(line + "\n" for line in self._pending))
+            _append(file, "".join(line + "\n" for line in self._pending))
             self._pending = []
-
-    def _append(self, text: str) -> None:
-        assert self.file is not None
-        try:
-            with open(self.file, "a") as f:
-                f.write(text)
-        except OSError as e:
-            raise RunError(f"could not append to {self.file}: {e.strerror or e}") from None
 
     def __call__(self, msg: str) -> None:
         if not self.enabled:
@@ -93,14 +59,19 @@ class Logger:
         if self.file is None:
             self._pending.append(line)
         else:
-            self._append(line + "\n")
+            _append(self.file, line + "\n")
 
 
-def checkpoint_bytes(obj: Dict[str, Any]) -> bytes:
-    """``torch.save`` of ``obj`` into memory (written afterwards in one atomic step)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+def _append(path: Path, text: str, sync: bool = False) -> None:
+    """Append ``text`` to ``path`` (flushed to disk with ``sync``); a failure becomes a :class:`RunError`."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise RunError(f"could not append to {path}: {e.strerror or e}") from None
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -109,12 +80,6 @@ def write_file(path: Path, data: bytes) -> None:
         fileio.atomic_write_bytes(path, data)
     except OSError as e:
         raise RunError(f"could not write {path}: {e.strerror or e}; the previous {path.name} is unchanged") from None
-
-
-def save_training_checkpoint(obj: Dict[str, Any], path: Path) -> Path:
-    """Write a training checkpoint (tensors and plain containers only) to ``path`` atomically."""
-    write_file(Path(path), checkpoint_bytes(obj))
-    return Path(path)
 
 
 def require_file(path: Union[str, Path], what: str) -> Path:
@@ -126,10 +91,7 @@ def require_file(path: Union[str, Path], what: str) -> Path:
 
 
 def load_training_checkpoint(path: Path) -> Dict[str, Any]:
-    """Read a training checkpoint: a dict with ``model``, ``optimizer``, ``epoch`` and more.
-
-    Damaged, foreign or unsafe files give a :class:`CheckpointError` saying what the file is.
-    """
+    """Read a training checkpoint (``model``, ``optimizer``, ``epoch``, ...); else a :class:`CheckpointError`."""
     path = require_file(path, "checkpoint")
     ckpt = read_checkpoint_file(path)
     missing = [k for k in ("model", "optimizer", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
@@ -170,11 +132,8 @@ def epoch_of(path: Path) -> Optional[int]:
 
 def _safetensors_epoch(path: Path) -> Optional[int]:
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return int((f.metadata() or {}).get("epoch", ""))
-    except Exception:
+        return int(safetensors_metadata(path).get("epoch", ""))
+    except ValueError:
         return None
 
 
@@ -186,27 +145,18 @@ class RunFolder:
         self._lock_fd: Optional[int] = None
         self.created = False
 
-    # -- what the folder holds ------------------------------------------------------------------
-
     def run_files(self) -> List[str]:
         """The run files present (``last.pth``, ``best.pth``, ``best.safetensors``, ``metrics.jsonl``)."""
         return [n for n in RUN_FILES if (self.path / n).exists()]
 
     def describe(self) -> str:
         """A short account of the run in the folder, for messages."""
-        files = self.run_files()
-        last = self.path / "last.pth"
-        if last.is_file():
-            epoch = epoch_of(last)
-            if epoch is not None:
-                return f"a run whose last.pth holds epoch {epoch} ({', '.join(files)})"
-        return f"a run ({', '.join(files)})"
+        epoch = epoch_of(self.path / "last.pth")
+        held = "a run" if epoch is None else f"a run whose last.pth holds epoch {epoch}"
+        return f"{held} ({', '.join(self.run_files())})"
 
     def resume_source(self, resume: Optional[str], overwrite: bool) -> Optional[Path]:
-        """The checkpoint to continue from (recipe keys ``resume``, ``overwrite``), or None for a fresh start.
-
-        Refuses to start over a run that is not explicitly overwritten, and to mix two runs in one folder.
-        """
+        """The checkpoint to continue from (recipe keys ``resume``, ``overwrite``), or None for a fresh start."""
         last = self.path / "last.pth"
         present = self.run_files()
         if resume == "auto":
@@ -233,14 +183,8 @@ class RunFolder:
             )
         return None
 
-    # -- the lock ---------------------------------------------------------------------------------
-
     def lock(self) -> None:
-        """Take the folder's lock (``.lock``) or refuse, naming the process and host that hold it.
-
-        The lock is an ``flock`` on ``.lock``: the kernel drops it when its process ends in any
-        way (kill -9 included), so a stale lock never blocks a resume.
-        """
+        """Take the folder's lock (an ``flock`` on ``.lock``, dropped when its process dies) or name its holder."""
         import fcntl
 
         if not self.path.exists():
@@ -279,10 +223,6 @@ class RunFolder:
             except OSError:
                 pass
 
-    def remove_orphans(self) -> List[Path]:
-        """Delete temporary files that killed writers left behind."""
-        return fileio.remove_orphans(self.path)
-
     def clear(self) -> None:
         """Remove everything an earlier run wrote (an explicit ``overwrite``)."""
         for name in _OWN_FILES:
@@ -292,24 +232,15 @@ class RunFolder:
             elif p.exists():
                 p.unlink()
 
-    # -- metrics ----------------------------------------------------------------------------------
-
     def append_metrics(self, metrics: Dict[str, Any]) -> None:
         """Append one epoch's line to ``metrics.jsonl`` and flush it to disk."""
-        path = self.path / "metrics.jsonl"
-        try:
-            with open(path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise RunError(f"could not append to {path}: {e.strerror or e}") from None
-
-    # -- checkpoints --------------------------------------------------------------------------------
+        _append(self.path / "metrics.jsonl", json.dumps(metrics) + "\n", sync=True)
 
     def save_epoch(self, ckpt: Dict[str, Any], *, last: bool, best: bool, best_meta: Dict[str, str]) -> None:
         """Write ``last.pth`` (the commit point), then, for a new best, ``best.pth`` and ``best.safetensors``."""
-        data = checkpoint_bytes(ckpt)
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        data = buf.getvalue()
         if last:
             write_file(self.path / "last.pth", data)
         if best:

@@ -1,14 +1,8 @@
-"""The ``train`` command: build everything a recipe names, run the epochs, keep every result.
-
-:func:`run_training` reads in the order a run happens: the processes, the run folder (locked) and
-what the run starts from, the data, the model, the optimizer and schedule, the resumed state; only
-then the first write, the loop over epochs (train, evaluate, save) and the final report. Only rank 0
-writes files. The folder layout, the write order and what a resumed run repairs are described in
-``docs/training.md``.
-"""
+"""The ``train`` command, in the order a run happens (folder layout, write order, repairs: docs/training.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -16,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -25,6 +19,7 @@ from torch import nn
 
 from .. import load_checkpoint, read_state_dict
 from ..checkpoint import CheckpointError
+from ..fileio import remove_orphans
 from .builders import build_data, build_model, eval_loader, train_loader
 from .distributed import DistInfo, cleanup_distributed, join_process_group, process_info
 from .engine import Progress, Run, StopFlag, evaluate, train_one_epoch
@@ -51,9 +46,7 @@ class _State:
 def run_training(recipe: Recipe) -> Dict[str, Any]:
     """Train and evaluate as ``recipe`` says; return the final metrics (on every rank).
 
-    Raises :class:`RecipeError`, :class:`CheckpointError`, :class:`RunError` or a data error for
-    what the user can fix, :class:`DivergedError` when the loss or the weights become non-finite,
-    and :class:`RunInterrupted` after a SIGTERM (``last.pth`` then holds the place to continue).
+    Raises one of ``errors.EXPECTED_ERRORS``, or :class:`RunInterrupted` after a SIGTERM.
     """
     # 1. the processes: refuse what cannot run here before joining a process group
     dist = process_info(recipe.device)
@@ -66,7 +59,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
         # 2. the run folder (locked) and what the run starts from; nothing is written before step 7
         if dist.is_main:
             folder.lock()
-            for p in folder.remove_orphans():
+            for p in remove_orphans(folder.path):
                 log(f"removed {p.name}, a temporary file left by an interrupted write")
         resume = folder.resume_source(recipe.resume, recipe.overwrite)
         resumed = load_training_checkpoint(resume) if resume else None
@@ -114,8 +107,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
             f"{dist.device.type}, T={recipe.T}, {recipe.img_size} px, batch {recipe.batch_size}/process, "
             f"amp={str(dtype).replace('torch.', '') if dtype else 'off'}; outputs in {folder.path.resolve()}")
         began = time.perf_counter()
-        with _StopRequest() as stop:
-            run.stop = stop
+        with _sigterm_stops(run.stop):
             final = _fit(run, state, info.split)
         return _report(run, state, final, eval_ds, time.perf_counter() - began)
     finally:
@@ -265,10 +257,7 @@ def _finite_weights(model: nn.Module) -> bool:
 
 
 def _checkpoint(run: Run, state: _State, epoch: int, partial: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The full training state after ``epoch`` (plus progress into the next one, when stopped there).
-
-    No random state is saved: the random streams are seeded from (seed, rank, epoch, step).
-    """
+    """The full training state after ``epoch`` (plus progress into the next one, when stopped there)."""
     model = run.model
     ckpt = {
         "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
@@ -309,29 +298,23 @@ def _epoch_line(m: Dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-class _StopRequest(StopFlag):
+@contextlib.contextmanager
+def _sigterm_stops(stop: StopFlag) -> Iterator[None]:
     """While active, SIGTERM asks the run to stop after the current step (a second SIGTERM ends it at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        self._active = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # asked twice: stop now
+    def handle(signum: int, frame: Any) -> None:
+        if stop.requested:  # asked twice: stop now
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        self.requested = True
+        stop.requested = True
         print("SIGTERM received: finishing the current step, then saving last.pth", flush=True)
 
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._active = True
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._active:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._active = False
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
