@@ -107,3 +107,21 @@ def test_missing_file_and_non_tensor_entries(tmp_path):
         sr.load_checkpoint(_model(), tmp_path / "nope.pth")
     with pytest.raises(sr.CheckpointError, match="not tensors"):
         sr.load_checkpoint(_model(), {"model": {"a": 1}})
+
+
+def test_run_checkpoints_keep_the_dssa_rate_flags():
+    """The 'first training batch seen' flags live outside the state dict; a resumed run gets them back."""
+    from spikingresformer.model import DSSA
+    from spikingresformer.training.run_state import rate_flags, set_rate_flags
+
+    trained = sr.create_model("spikingresformer_dvsg", T=2, img_size=32, num_classes=3)
+    trained(torch.rand(1, 2, 3, 32, 32))
+    flags = rate_flags(trained)
+    n_dssa = sum(isinstance(m, DSSA) for m in trained.modules())
+    assert n_dssa == 6 and len(flags) == 2 * n_dssa and all(flags.values())
+    assert "layers.0.0.firing_rate_x" in flags and "layers.0.0.firing_rate_attn" in flags
+    fresh = sr.create_model("spikingresformer_dvsg", T=2, img_size=32, num_classes=3)
+    assert not any(rate_flags(fresh).values())
+    set_rate_flags(fresh, {**flags, "layers.0.0.firing_rate_attn": False})
+    restored = rate_flags(fresh)
+    assert restored.pop("layers.0.0.firing_rate_attn") is False and all(restored.values())

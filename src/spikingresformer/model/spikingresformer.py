@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -168,6 +168,9 @@ class DSSA(nn.Module):
     is read as a rate of 1, so the scales stay finite; the official code divides by zero there.
     """
 
+    #: the firing-rate buffers, in the order of ``rates_seen``
+    RATE_NAMES = ("firing_rate_x", "firing_rate_attn")
+
     def __init__(
         self,
         dim: int,
@@ -188,9 +191,9 @@ class DSSA(nn.Module):
         self.sync_rates = sync_rates
         self.register_buffer("firing_rate_x", torch.zeros(1, 1, num_heads, 1, 1))
         self.register_buffer("firing_rate_attn", torch.zeros(1, 1, num_heads, 1, 1))
-        # Whether each buffer has seen a training batch: a tensor, so that compiled graphs read it
-        # without recompiling; deliberately not in the state dict (the official release keeps it
-        # outside too). ``_rates_initialised`` is the dict view that run checkpoints store.
+        # Whether each buffer (RATE_NAMES order) has seen a training batch: a tensor, so that compiled
+        # graphs read it without recompiling; deliberately not in the state dict (the official
+        # release keeps it outside too); run checkpoints store it beside.
         self.register_buffer("rates_seen", torch.zeros(2, dtype=torch.bool), persistent=False)
         self._freeze_rates = False  # set while activation checkpointing recomputes the block
 
@@ -203,11 +206,6 @@ class DSSA(nn.Module):
         self.activation_out = build_neuron(neuron, backend)
         self.Wproj = SeqConv2d(dim, dim, 1, bias=False)
         self.norm_proj = SeqBatchNorm2d(dim)
-
-    @property
-    def _rates_initialised(self) -> "_RateFlags":
-        """``{"firing_rate_x": bool, "firing_rate_attn": bool}`` view of :attr:`rates_seen`."""
-        return _RateFlags(self.rates_seen)
 
     def _update_rate(self, name: str, spikes: torch.Tensor) -> torch.Tensor:
         """Fold the batch firing rate per head into buffer ``name`` (training only); return the buffer.
@@ -222,7 +220,7 @@ class DSSA(nn.Module):
                 rate = rate.clone()
                 dist.all_reduce(rate)
                 rate = rate / dist.get_world_size()
-            i = _RateFlags.NAMES.index(name)
+            i = self.RATE_NAMES.index(name)
             start_fresh = (~self.rates_seen[i]) & (buf == 0).all()
             current = torch.where(start_fresh, rate, buf)
             with torch.no_grad():
@@ -659,31 +657,6 @@ class _RecomputeOnce:
                 m.momentum, m.num_batches_tracked = momentum, count
             for m in dssas:
                 m._freeze_rates = False
-
-
-class _RateFlags:
-    """Dict-like view (``firing_rate_x``/``firing_rate_attn`` -> bool) of a DSSA's ``rates_seen`` tensor."""
-
-    NAMES = ("firing_rate_x", "firing_rate_attn")
-
-    def __init__(self, seen: torch.Tensor) -> None:
-        self._seen = seen
-
-    def __getitem__(self, key: str) -> bool:
-        return bool(self._seen[self.NAMES.index(key)])
-
-    def __setitem__(self, key: str, value: bool) -> None:
-        with torch.no_grad():
-            self._seen[self.NAMES.index(key)] = bool(value)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.NAMES)
-
-    def keys(self):
-        return list(self.NAMES)
-
-    def items(self):
-        return [(k, self[k]) for k in self.NAMES]
 
 
 # --------------------------------------------------------------------------------------------------

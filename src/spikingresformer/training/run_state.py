@@ -107,10 +107,10 @@ def load_training_checkpoint(path: Path) -> Dict[str, Any]:
 def rate_flags(model: nn.Module) -> Dict[str, bool]:
     """The DSSA 'first training forward done' flags, which live outside the state dict."""
     return {
-        f"{name}.{key}": flag
+        f"{name}.{key}": bool(flag)
         for name, m in model.named_modules()
         if isinstance(m, DSSA)
-        for key, flag in m._rates_initialised.items()
+        for key, flag in zip(DSSA.RATE_NAMES, m.rates_seen.tolist())
     }
 
 
@@ -118,8 +118,9 @@ def set_rate_flags(model: nn.Module, flags: Dict[str, bool]) -> None:
     """Restore the flags saved by :func:`rate_flags`."""
     for name, m in model.named_modules():
         if isinstance(m, DSSA):
-            for key in m._rates_initialised:
-                m._rates_initialised[key] = bool(flags.get(f"{name}.{key}", m._rates_initialised[key]))
+            with torch.no_grad():
+                for i, key in enumerate(DSSA.RATE_NAMES):
+                    m.rates_seen[i] = bool(flags.get(f"{name}.{key}", bool(m.rates_seen[i])))
 
 
 def epoch_of(path: Path) -> Optional[int]:
