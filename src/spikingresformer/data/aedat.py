@@ -1,24 +1,7 @@
-"""Readers (and writers) for the two event-camera file formats of the DVS data sets, vectorised.
+"""Readers and writers of the jAER AEDAT 2.0 (CIFAR10-DVS) and AEDAT 3.1 (DVS128 Gesture) event files, vectorised.
 
-Events are returned as :class:`Events`: four equal-length numpy arrays ``t`` (int64, microseconds),
-``x``, ``y`` (int32 pixel column and row) and ``p`` (uint8 polarity, 1 = ON / brighter).
-
-**jAER AEDAT 2.0** (CIFAR10-DVS). ASCII header lines that start with ``#`` (the first one is the
-version line ``#!AER-DAT2.0``), then records of a big-endian uint32 address and a big-endian uint32
-timestamp (1 us ticks). CIFAR10-DVS was recorded with a DVS128 camera, whose raw address holds
-``polarity = bit 0``, ``x_raw = bits 1-7`` (mask ``0xFE``) and ``y_raw = bits 8-14`` (mask ``0x7F00``).
-spikingjelly 2.0 (the field's reference) turns these into ``x = 127 - y_raw``, ``y = 127 - x_raw``,
-``p = 1 - polarity`` (the address fields are transposed and both axes flipped relative to the
-camera's raw layout, which puts the objects upright); :func:`read_cifar10dvs` applies exactly that, so
-frames match what spikingjelly produces.
-
-**AEDAT 3.1** (DVS128 Gesture, recorded with cAER). ASCII header lines ``#!AER-DAT3.1`` ...
-``#!END-HEADER``, then packets: a 28-byte little-endian header (int16 eventType, int16 eventSource,
-int32 eventSize, eventTSOffset, eventTSOverflow, eventCapacity, eventNumber, eventValid) followed by
-``eventCapacity * eventSize`` bytes of events. Polarity events (eventType 1) are 8 bytes: a uint32
-``data`` word (bit 0 valid mark, bit 1 polarity, bits 2-16 y, bits 17-31 x) and an int32 timestamp;
-the full timestamp is ``eventTSOverflow << 31 | timestamp``. As in spikingjelly every stored polarity
-event is kept (the valid mark is not filtered) and other packet types are skipped.
+Events are :class:`Events`: ``t`` (int64, us), ``x``, ``y`` (int32 column and row) and ``p`` (uint8
+polarity, 1 = ON). ``docs/data.md`` describes both file layouts and the address decoding.
 """
 
 from __future__ import annotations
@@ -27,23 +10,15 @@ import os
 import re
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, List, Tuple, Union
 
 import numpy as np
 
 from .errors import EventFileError
 
-__all__ = [
-    "Events",
-    "read_aedat2_raw",
-    "read_cifar10dvs",
-    "read_aedat31",
-    "write_aedat2",
-    "write_aedat31",
-    "cifar10dvs_address",
-    "AEDAT31_HEADER",
-    "POLARITY_EVENT",
-]
+__all__ = ["Events", "read_aedat2_raw", "read_cifar10dvs", "read_aedat31", "write_aedat2", "write_aedat31",
+           "cifar10dvs_address", "AEDAT31_HEADER", "POLARITY_EVENT"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,12 +36,7 @@ AEDAT2_HEADER = (
     b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event\r\n"
     b"# Timestamps tick is 1 us\r\n"
 )
-AEDAT31_HEADER = (
-    b"#!AER-DAT3.1\r\n"
-    b"#Format: RAW\r\n"
-    b"#Source 1: DVS128\r\n"
-    b"#!END-HEADER\r\n"
-)
+AEDAT31_HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"
 
 _VERSION_RE = re.compile(r"^#!AER-DAT(\d+)\.(\d+)\s*$")
 
@@ -91,19 +61,11 @@ class Events:
         return Events(self.t[mask], self.x[mask], self.y[mask], self.p[mask])
 
 
-def _read_bytes(path: PathLike) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _parse_header(buf: bytes, path: PathLike, major: int) -> Tuple[List[str], int]:
     """Split the ``#`` header lines off ``buf``; returns (lines, offset of the first data byte)."""
     if not buf.startswith(b"#"):
-        raise EventFileError(
-            path,
-            f"bad header: the file does not start with a '#!AER-DAT{major}.x' version line "
-            f"(first bytes {buf[:16]!r}); not an AEDAT {major} file",
-        )
+        raise EventFileError(path, f"bad header: the file does not start with a '#!AER-DAT{major}.x' version line "
+                                   f"(first bytes {buf[:16]!r}); not an AEDAT {major} file")
     lines: List[str] = []
     pos = 0
     end_marker_seen = False
@@ -121,13 +83,10 @@ def _parse_header(buf: bytes, path: PathLike, major: int) -> Tuple[List[str], in
             break
     m = _VERSION_RE.match(lines[0])
     if m is None:
-        raise EventFileError(
-            path, f"bad header: first line {lines[0][:60]!r} is not a '#!AER-DAT{major}.x' version line"
-        )
+        raise EventFileError(path, f"bad header: first line {lines[0][:60]!r} is not a '#!AER-DAT{major}.x' "
+                                   "version line")
     if int(m.group(1)) != major:
-        raise EventFileError(
-            path, f"bad header: file is AEDAT {m.group(1)}.{m.group(2)}, expected AEDAT {major}.x"
-        )
+        raise EventFileError(path, f"bad header: file is AEDAT {m.group(1)}.{m.group(2)}, expected AEDAT {major}.x")
     if major == 3 and not end_marker_seen:
         raise EventFileError(path, "bad header: no '#!END-HEADER' line closes the AEDAT 3 header")
     return lines, pos
@@ -135,7 +94,7 @@ def _parse_header(buf: bytes, path: PathLike, major: int) -> Tuple[List[str], in
 
 def read_aedat2_raw(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """Read a jAER AEDAT 2.0 file: ``(addresses uint32, timestamps int64)``, big-endian records."""
-    buf = _read_bytes(path)
+    buf = Path(path).read_bytes()
     _, start = _parse_header(buf, path, major=2)
     nbytes = len(buf) - start
     if nbytes % AEDAT2_RECORD_BYTES:
@@ -145,32 +104,21 @@ def read_aedat2_raw(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
             f"{AEDAT2_RECORD_BYTES}-byte records (the last record has only {nbytes % AEDAT2_RECORD_BYTES} bytes)",
         )
     words = np.frombuffer(buf, dtype=">u4", offset=start).reshape(-1, 2)
-    addr = words[:, 0].astype(np.uint32)
-    t = words[:, 1].astype(np.int64)
-    return addr, t
+    return words[:, 0].astype(np.uint32), words[:, 1].astype(np.int64)
 
 
 def cifar10dvs_address(x: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Raw DVS128 address of CIFAR10-DVS events given in the reader's (x, y, p) convention."""
-    x = np.asarray(x, dtype=np.int64)
-    y = np.asarray(y, dtype=np.int64)
-    p = np.asarray(p, dtype=np.int64)
-    x_raw = 127 - y
-    y_raw = 127 - x
-    pol_raw = 1 - p
-    return ((y_raw << 8) | (x_raw << 1) | pol_raw).astype(np.uint32)
+    x, y, p = (np.asarray(v, dtype=np.int64) for v in (x, y, p))
+    return (((127 - x) << 8) | ((127 - y) << 1) | (1 - p)).astype(np.uint32)
 
 
 def read_cifar10dvs(path: PathLike) -> Events:
     """Read one CIFAR10-DVS recording (AEDAT 2.0, DVS128 addresses) in spikingjelly's convention."""
     addr, t = read_aedat2_raw(path)
-    x_raw = (addr & 0xFE) >> 1
-    y_raw = (addr & 0x7F00) >> 8
-    pol_raw = addr & 0x1
-    x = (127 - y_raw.astype(np.int32)).astype(np.int32)
-    y = (127 - x_raw.astype(np.int32)).astype(np.int32)
-    p = (1 - pol_raw).astype(np.uint8)
-    return Events(t, x, y, p)
+    x_raw = ((addr & 0xFE) >> 1).astype(np.int32)
+    y_raw = ((addr & 0x7F00) >> 8).astype(np.int32)
+    return Events(t, 127 - y_raw, 127 - x_raw, (1 - (addr & 0x1)).astype(np.uint8))
 
 
 def read_aedat31(path: PathLike, sensor_size: Tuple[int, int] = (128, 128)) -> Events:
@@ -178,10 +126,10 @@ def read_aedat31(path: PathLike, sensor_size: Tuple[int, int] = (128, 128)) -> E
 
     ``sensor_size`` is ``(width, height)``; an event outside it is reported as corruption.
     """
-    buf = _read_bytes(path)
+    buf = Path(path).read_bytes()
     _, pos = _parse_header(buf, path, major=3)
     words: List[np.ndarray] = []
-    overflows: List[Tuple[int, int]] = []
+    times: List[np.ndarray] = []
     n = len(buf)
     while pos < n:
         if n - pos < PACKET_HEADER_BYTES:
@@ -204,19 +152,12 @@ def read_aedat31(path: PathLike, sensor_size: Tuple[int, int] = (128, 128)) -> E
                     f"bad packet at byte {pos}: polarity events must be 8 bytes with the timestamp at offset 4, "
                     f"got eventSize={esize}, eventTSOffset={ets_off}",
                 )
-            words.append(np.frombuffer(buf, dtype="<u4", count=2 * ecap, offset=data_start))
-            overflows.append((ecap, ets_ovf))
+            w = np.frombuffer(buf, dtype="<u4", count=2 * ecap, offset=data_start).reshape(-1, 2)
+            words.append(w[:, 0])
+            times.append(w[:, 1].astype(np.int64) | (np.int64(ets_ovf) << 31))  # full timestamp
         pos = data_start + nbytes
-    if not words:
-        empty = np.zeros(0, dtype=np.int32)
-        return Events(np.zeros(0, dtype=np.int64), empty, empty.copy(), np.zeros(0, dtype=np.uint8))
-    w = np.concatenate(words).reshape(-1, 2)
-    data = w[:, 0]
-    t = w[:, 1].astype(np.int64)
-    counts = np.fromiter((c for c, _ in overflows), dtype=np.int64, count=len(overflows))
-    ovf = np.fromiter((o for _, o in overflows), dtype=np.int64, count=len(overflows))
-    if ovf.any():
-        t |= np.repeat(ovf, counts) << 31
+    data = np.concatenate(words) if words else np.zeros(0, dtype=np.uint32)
+    t = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
     x = ((data >> 17) & 0x7FFF).astype(np.int32)
     y = ((data >> 2) & 0x7FFF).astype(np.int32)
     p = ((data >> 1) & 0x1).astype(np.uint8)
@@ -224,15 +165,8 @@ def read_aedat31(path: PathLike, sensor_size: Tuple[int, int] = (128, 128)) -> E
     bad = (x >= width) | (y >= height)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise EventFileError(
-            path, f"event {i} at ({int(x[i])}, {int(y[i])}) lies outside the {width}x{height} sensor"
-        )
+        raise EventFileError(path, f"event {i} at ({int(x[i])}, {int(y[i])}) lies outside the {width}x{height} sensor")
     return Events(t, x, y, p)
-
-
-# --------------------------------------------------------------------------------------------------
-# Writers (vectorised; used by the benchmark and handy for making small test recordings)
-# --------------------------------------------------------------------------------------------------
 
 
 def write_aedat2(path: PathLike, addresses: np.ndarray, timestamps: np.ndarray, header: bytes = AEDAT2_HEADER) -> None:
@@ -245,15 +179,8 @@ def write_aedat2(path: PathLike, addresses: np.ndarray, timestamps: np.ndarray, 
         f.write(rec.tobytes())
 
 
-def write_aedat31(
-    path: PathLike,
-    t: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    p: np.ndarray,
-    packet_events: int = 4096,
-    header: bytes = AEDAT31_HEADER,
-) -> None:
+def write_aedat31(path: PathLike, t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
+                  packet_events: int = 4096, header: bytes = AEDAT31_HEADER) -> None:
     """Write polarity events as an AEDAT 3.1 file, ``packet_events`` per packet (valid mark set)."""
     t = np.asarray(t, dtype=np.int64)
     data = (

@@ -1,17 +1,8 @@
 """Sample augmentations: the DVS augment of the event data sets and the small random shift of the digits.
 
-**DVS augment** on ``[T, C, H, W]`` frame tensors, the same for every frame (see ``docs/data.md``).
-Horizontal flip with probability 0.5, then exactly one of (chosen uniformly):
-
-- roll: ``torch.roll`` by integer offsets drawn uniformly from ``[-int(H/3), int(H/3)]`` (rows) and
-  ``[-int(W/3), int(W/3)]`` (columns), wrapping around;
-- rotation: by an angle drawn uniformly from ``[-30, 30]`` degrees, nearest-neighbour, zero fill
-  (torchvision's ``RandomRotation`` defaults);
-- cutout: one square hole of side ``int(H/3)`` (``int(W/3)``) centred at a uniformly drawn pixel and
-  clipped at the border, set to zero.
-
-This mirrors the official code's ``DVSAugment`` (flip, then one of roll 1/3, rotate 30, cutout 1/3).
-Randomness comes from torch's generator, so DataLoader workers get different draws.
+:class:`DVSAugment` mirrors the official code's (flip, then one of roll 1/3, rotate 30, cutout 1/3;
+``docs/data.md`` gives the details). Randomness comes from torch's generator, so DataLoader workers
+get different draws.
 """
 
 from __future__ import annotations
@@ -28,14 +19,8 @@ __all__ = ["DVSAugment", "RandomShift"]
 class DVSAugment:
     """Flip p=0.5, then one of roll (1/3), rotation (30 degrees) or cutout (1/3) on [T, C, H, W]."""
 
-    def __init__(
-        self,
-        flip_p: float = 0.5,
-        roll: float = 1 / 3,
-        degrees: float = 30.0,
-        cutout: float = 1 / 3,
-        generator: Optional[torch.Generator] = None,
-    ) -> None:
+    def __init__(self, flip_p: float = 0.5, roll: float = 1 / 3, degrees: float = 30.0, cutout: float = 1 / 3,
+                 generator: Optional[torch.Generator] = None) -> None:
         self.flip_p = flip_p
         self.roll = roll
         self.degrees = degrees
@@ -73,10 +58,8 @@ class DVSAugment:
         return x
 
     def __repr__(self) -> str:
-        return (
-            f"DVSAugment(flip_p={self.flip_p}, roll={self.roll:.3g}, degrees={self.degrees}, "
-            f"cutout={self.cutout:.3g})"
-        )
+        return (f"DVSAugment(flip_p={self.flip_p}, roll={self.roll:.3g}, degrees={self.degrees}, "
+                f"cutout={self.cutout:.3g})")
 
 
 class RandomShift:

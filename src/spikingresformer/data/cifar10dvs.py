@@ -1,22 +1,9 @@
 """CIFAR10-DVS (Li et al. 2017): 10 x 1,000 jAER AEDAT 2.0 recordings of CIFAR-10 images, 128x128.
 
-``root`` is the folder that holds the ten class folders as the published archives extract::
-
-    root/airplane/cifar10_airplane_0.aedat ... cifar10_airplane_999.aedat
-    root/automobile/...
-    ...
-    root/truck/...
-
-Labels follow CIFAR-10's alphabetical class order (airplane=0 ... truck=9). The data set has no
-official split; three are provided and the one used is recorded in ``split`` (and ``split_name``):
-
-- ``"official"``: the official code's split. Per class, file names are sorted as strings and the
-  first 90 % (``n * 9 // 10``; 900 of 1,000) train, the rest test -- with 1,000 files the test ids
-  are 909 and 91-99, 910-999 in string order (``..._909``, ``..._91``, ``..._910``, ... ``..._999``).
-- ``"first100"``: ids 0-99 of each class (the number at the end of the file name) are the test
-  set, everything else trains (used by several other papers).
-- ``"random:<seed>"``: per class, a ``numpy.random.default_rng(seed)`` permutation of the string-sorted
-  files; the first ``n * 9 // 10`` train, the rest test (same sizes as ``"official"``).
+``root`` holds the ten class folders as the published archives extract
+(``root/airplane/cifar10_airplane_0.aedat`` ...); labels follow CIFAR-10's alphabetical class order.
+The data set has no official split: ``"official"`` (the official code's string-sorted 90/10 split),
+``"first100"`` (ids 0-99 test) and ``"random:<seed>"`` are provided, as ``docs/data.md`` describes.
 """
 
 from __future__ import annotations
@@ -82,39 +69,28 @@ def split_files(files: List[str], split: str, train: bool) -> List[str]:
     return [ordered[i] for i in sorted(chosen)]
 
 
+def _not_found(root: Union[str, os.PathLike, None], problem: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError("CIFAR10-DVS", root, problem, CIFAR10DVS_LAYOUT, CIFAR10DVS_URL)
+
+
 class CIFAR10DVS(Dataset):
     """CIFAR10-DVS as ``(frames float32 [T, 3, H, W], label)``; frames cached on disk per T.
 
-    Args:
-        root: folder with the ten class folders.
-        train: training part (True) or test part (False) of ``split``.
-        T: number of frames (split by number).
-        split: ``"official"``, ``"first100"`` or ``"random:<seed>"`` (see the module docstring).
-        img_size: output side (int or (h, w)); ``None`` keeps 128x128.
-        transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.DVSAugment`).
-        cache_dir: where the frame cache lives (default ``$SPIKINGRESFORMER_FRAME_CACHE`` or
-            ``~/.cache/spikingresformer``).
+    ``train`` picks the training or test part of ``split``; ``img_size`` None keeps 128x128.
     """
 
     classes = CIFAR10DVS_CLASSES
     num_classes = 10
     in_chans = 3
 
-    def __init__(
-        self,
-        root: Union[str, os.PathLike],
-        train: bool,
-        T: int,
-        split: str = "official",
-        img_size: SizeLike = None,
-        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-        cache_dir: Optional[str] = None,
-    ) -> None:
+    def __init__(self, root: Union[str, os.PathLike], train: bool, T: int, split: str = "official",
+                 img_size: SizeLike = None, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 cache_dir: Optional[str] = None) -> None:
         parse_split(split)
         if T < 1:
             raise DataOptionError(f"T must be at least 1, got {T}")
         if root is None:
-            raise DatasetNotFoundError("CIFAR10-DVS", root, "no data root given", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL)
+            raise _not_found(root, "no data root given")
         self.root = Path(root)
         self.train = train
         self.T = T
@@ -124,20 +100,14 @@ class CIFAR10DVS(Dataset):
         self.transform = transform
         self.samples: List[Tuple[str, int]] = []  # (relative path, label)
         if not self.root.is_dir():
-            raise DatasetNotFoundError(
-                "CIFAR10-DVS", root, f"data folder {str(self.root)!r} does not exist", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL
-            )
+            raise _not_found(root, f"data folder {str(self.root)!r} does not exist")
         missing = [c for c in self.classes if not (self.root / c).is_dir()]
         if missing:
-            raise DatasetNotFoundError(
-                "CIFAR10-DVS", root, f"class folder(s) missing: {', '.join(missing)}", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL
-            )
+            raise _not_found(root, f"class folder(s) missing: {', '.join(missing)}")
         for label, cls in enumerate(self.classes):
             files = [f for f in os.listdir(self.root / cls) if f.endswith(".aedat")]
             if not files:
-                raise DatasetNotFoundError(
-                    "CIFAR10-DVS", root, f"class folder {cls!r} holds no .aedat files", CIFAR10DVS_LAYOUT, CIFAR10DVS_URL
-                )
+                raise _not_found(root, f"class folder {cls!r} holds no .aedat files")
             self.samples.extend((f"{cls}/{f}", label) for f in split_files(files, split, train))
         if not self.samples:
             raise ValueError(
@@ -156,16 +126,14 @@ class CIFAR10DVS(Dataset):
 
     def events(self, i: int) -> aedat.Events:
         """Decoded events of sample ``i`` (x, y, p in spikingjelly's convention); an empty recording is an error."""
-        path = self.path(i)
-        events = aedat.read_cifar10dvs(path)
+        events = aedat.read_cifar10dvs(self.path(i))
         if len(events) == 0:
-            raise EventFileError(path, "recording holds no events")
+            raise EventFileError(self.path(i), "recording holds no events")
         return events
 
     def frames(self, i: int) -> np.ndarray:
         """``[T, 2, 128, 128]`` per-polarity counts of sample ``i`` (from the cache when possible)."""
-        rel = self.samples[i][0]
-        key = rel[: -len(".aedat")]
+        key = self.samples[i][0][: -len(".aedat")]
         stamp = source_stamp(self.path(i))
         frames = self.cache.load(key, stamp, (self.T, 2, SENSOR, SENSOR))
         if frames is None:
@@ -176,9 +144,6 @@ class CIFAR10DVS(Dataset):
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         return frames_to_input(self.frames(i), self.img_size, self.transform), self.samples[i][1]
 
-    def extra_repr(self) -> str:
-        """One line describing the split and sizes."""
-        return f"split={self.split!r}, train={self.train}, T={self.T}, img_size={self.img_size}, samples={len(self)}"
-
     def __repr__(self) -> str:
-        return f"CIFAR10DVS({self.extra_repr()})"
+        return (f"CIFAR10DVS(split={self.split!r}, train={self.train}, T={self.T}, img_size={self.img_size}, "
+                f"samples={len(self)})")

@@ -1,26 +1,12 @@
 """DVS128 Gesture (Amir et al. 2017): 29 subjects x 3 lighting conditions, AEDAT 3.1, 11 classes, 128x128.
 
-``root`` is the extracted ``DvsGesture`` folder::
-
-    root/trials_to_train.txt          one recording name per line (user01_fluorescent.aedat, ...)
-    root/trials_to_test.txt
-    root/user01_fluorescent.aedat     AEDAT 3.1 recording
-    root/user01_fluorescent_labels.csv  "class,startTime_usec,endTime_usec" rows, class ids 1..11
-    ...
-
-Each labelled row is one sample: the events with ``startTime_usec <= t < endTime_usec`` (as
-spikingjelly cuts them).
-
-**Class indices** follow the official checkpoints, which were trained on spikingjelly's folder
-layout: gesture id ``g`` (1..11 in the csv) is stored in folder ``str(g - 1)`` and the folders are
-indexed in *string* order ``"0", "1", "10", "2", ..., "9"``. Hence::
+``root`` is the extracted ``DvsGesture`` folder (``trials_to_train.txt``, ``trials_to_test.txt``, the
+``*.aedat`` recordings and their ``*_labels.csv`` files). Each labelled row is one sample: the events
+with ``startTime_usec <= t < endTime_usec``. Class indices follow the official checkpoints, which
+order gesture ids 1..11 by the string order of spikingjelly's folders "0".."10"::
 
     index:       0  1  2   3  4  5  6  7  8  9  10
     gesture id:  1  2  11  3  4  5  6  7  8  9  10
-
-i.e. ids 1 and 2 keep indices 0 and 1, id 11 ("other gestures") is index 2, and ids 3..10 are
-indices 3..10. :data:`GESTURE_CLASSES` lists the class names by index and
-:func:`gesture_index` / :data:`INDEX_TO_GESTURE_ID` convert.
 """
 
 from __future__ import annotations
@@ -37,30 +23,14 @@ from . import aedat
 from .errors import DataOptionError, DatasetNotFoundError, EventFileError
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input, source_stamp
 
-__all__ = [
-    "DVS128Gesture",
-    "GESTURE_CLASSES",
-    "GESTURE_NAMES_BY_ID",
-    "INDEX_TO_GESTURE_ID",
-    "gesture_index",
-    "read_gesture_labels",
-    "LABEL_TIME_SLACK_US",
-]
+__all__ = ["DVS128Gesture", "GESTURE_CLASSES", "GESTURE_NAMES_BY_ID", "INDEX_TO_GESTURE_ID", "gesture_index",
+           "read_gesture_labels", "LABEL_TIME_SLACK_US"]
 
 #: Names of gesture ids 1..11 as the data set's documentation gives them.
-GESTURE_NAMES_BY_ID: Dict[int, str] = {
-    1: "hand_clapping",
-    2: "right_hand_wave",
-    3: "left_hand_wave",
-    4: "right_arm_clockwise",
-    5: "right_arm_counter_clockwise",
-    6: "left_arm_clockwise",
-    7: "left_arm_counter_clockwise",
-    8: "arm_roll",
-    9: "air_drums",
-    10: "air_guitar",
-    11: "other_gestures",
-}
+GESTURE_NAMES_BY_ID: Dict[int, str] = dict(enumerate((
+    "hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise", "right_arm_counter_clockwise",
+    "left_arm_clockwise", "left_arm_counter_clockwise", "arm_roll", "air_drums", "air_guitar", "other_gestures",
+), start=1))
 _FOLDERS = sorted(str(i) for i in range(11))  # "0", "1", "10", "2", ..., "9"
 #: Gesture id (1..11) of each output index, in the official checkpoints' order.
 INDEX_TO_GESTURE_ID: Tuple[int, ...] = tuple(int(f) + 1 for f in _FOLDERS)
@@ -101,13 +71,12 @@ def read_gesture_labels(path: Union[str, os.PathLike]) -> np.ndarray:
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = [s.strip() for s in line.split(",")]
         try:
-            if len(parts) != 3:
-                raise ValueError
-            cls, start, end = (int(s) for s in parts)
-        except ValueError:
-            raise EventFileError(path, f"line {lineno}: expected 'class,startTime_usec,endTime_usec' integers, got {line!r}") from None
+            cls, start, end = (int(s) for s in line.split(","))
+        except ValueError:  # not three integers
+            raise EventFileError(
+                path, f"line {lineno}: expected 'class,startTime_usec,endTime_usec' integers, got {line!r}"
+            ) from None
         if not 1 <= cls <= 11:
             raise EventFileError(path, f"line {lineno}: class id {cls} outside 1..11")
         if end <= start:
@@ -118,35 +87,22 @@ def read_gesture_labels(path: Union[str, os.PathLike]) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
+def _not_found(root: Union[str, os.PathLike, None], problem: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError("DVS128 Gesture", root, problem, DVSGESTURE_LAYOUT, DVSGESTURE_URL)
+
+
 def _read_trials(path: Path, root: Union[str, os.PathLike]) -> List[str]:
     if not path.is_file():
-        raise DatasetNotFoundError(
-            "DVS128 Gesture", root, f"{path.name} is missing from {str(path.parent)!r}", DVSGESTURE_LAYOUT, DVSGESTURE_URL
-        )
-    names = []
-    for line in path.read_text().splitlines():
-        name = line.strip()
-        if not name:
-            continue
-        if not name.endswith(".aedat"):
-            name += ".aedat"
-        names.append(name)
-    return names
+        raise _not_found(root, f"{path.name} is missing from {str(path.parent)!r}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [name if name.endswith(".aedat") else name + ".aedat" for name in names]
 
 
 class DVS128Gesture(Dataset):
     """DVS128 Gesture as ``(frames float32 [T, 3, H, W], label)``; one sample per labelled segment.
 
-    Args:
-        root: the ``DvsGesture`` folder (with ``trials_to_train.txt``).
-        train: recordings of ``trials_to_train.txt`` (True) or ``trials_to_test.txt`` (False).
-        T: number of frames (split by number over the segment's events).
-        img_size: output side (int or (h, w)); ``None`` keeps 128x128.
-        transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.DVSAugment`).
-        cache_dir: where the frame cache lives (default ``$SPIKINGRESFORMER_FRAME_CACHE`` or
-            ``~/.cache/spikingresformer``).
-
-    Converting one segment reads its whole recording, so all segments of that recording are
+    ``train`` picks the recordings of ``trials_to_train.txt`` or ``trials_to_test.txt``; ``img_size``
+    None keeps 128x128. Framing one segment reads its whole recording, so all its segments are
     framed and cached together.
     """
 
@@ -154,24 +110,16 @@ class DVS128Gesture(Dataset):
     num_classes = 11
     in_chans = 3
 
-    def __init__(
-        self,
-        root: Union[str, os.PathLike],
-        train: bool,
-        T: int,
-        img_size: SizeLike = None,
-        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-        cache_dir: Optional[str] = None,
-    ) -> None:
+    def __init__(self, root: Union[str, os.PathLike], train: bool, T: int, img_size: SizeLike = None,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 cache_dir: Optional[str] = None) -> None:
         if T < 1:
             raise DataOptionError(f"T must be at least 1, got {T}")
         if root is None:
-            raise DatasetNotFoundError("DVS128 Gesture", root, "no data root given", DVSGESTURE_LAYOUT, DVSGESTURE_URL)
+            raise _not_found(root, "no data root given")
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetNotFoundError(
-                "DVS128 Gesture", root, f"data folder {str(self.root)!r} does not exist", DVSGESTURE_LAYOUT, DVSGESTURE_URL
-            )
+            raise _not_found(root, f"data folder {str(self.root)!r} does not exist")
         self.train = train
         self.T = T
         self.img_size = img_size
@@ -180,24 +128,17 @@ class DVS128Gesture(Dataset):
         self.split_name = "dvs128gesture:official (trials_to_train.txt / trials_to_test.txt)"
         trials = _read_trials(self.root / ("trials_to_train.txt" if train else "trials_to_test.txt"), root)
         if not trials:
-            raise DatasetNotFoundError(
-                "DVS128 Gesture", root, "the trials list names no recordings", DVSGESTURE_LAYOUT, DVSGESTURE_URL
-            )
+            raise _not_found(root, "the trials list names no recordings")
         missing = [n for n in trials if not (self.root / n).is_file() or not self._labels_path(n).is_file()]
         if missing:
-            raise DatasetNotFoundError(
-                "DVS128 Gesture", root,
-                f"{len(missing)} recording(s) or label file(s) listed in the trials file are missing, "
-                f"e.g. {missing[0]!r}",
-                DVSGESTURE_LAYOUT, DVSGESTURE_URL,
-            )
+            raise _not_found(root, f"{len(missing)} recording(s) or label file(s) listed in the trials file are "
+                                   f"missing, e.g. {missing[0]!r}")
         self.recordings = trials
         # one sample per labelled row: (recording, row index, label index, start, end)
         self.samples: List[Tuple[str, int, int, int, int]] = []
         self._labels: Dict[str, np.ndarray] = {}
         for name in trials:
-            rows = read_gesture_labels(self._labels_path(name))
-            self._labels[name] = rows
+            self._labels[name] = rows = read_gesture_labels(self._labels_path(name))
             for j, (cls, start, end) in enumerate(rows.tolist()):
                 self.samples.append((name, j, gesture_index(cls), start, end))
         self.targets = [s[2] for s in self.samples]
@@ -209,9 +150,6 @@ class DVS128Gesture(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _stamp(self, recording: str) -> str:
-        return source_stamp(self.root / recording, self._labels_path(recording))
-
     @staticmethod
     def _key(recording: str, row: int) -> str:
         return f"{recording[: -len('.aedat')]}_{row}"
@@ -220,24 +158,19 @@ class DVS128Gesture(Dataset):
         """Events of every labelled segment of one recording, in label-file order (validated)."""
         path = self.root / recording
         events = aedat.read_aedat31(path, (SENSOR, SENSOR))
-        rows = self._labels[recording]
         labels_path = self._labels_path(recording)
         if len(events) == 0:
             raise EventFileError(path, "recording holds no polarity events")
         t0, t1 = int(events.t.min()), int(events.t.max())
         out = []
-        for j, (cls, start, end) in enumerate(rows.tolist()):
+        for j, (cls, start, end) in enumerate(self._labels[recording].tolist()):
             if start < t0 - LABEL_TIME_SLACK_US or end > t1 + LABEL_TIME_SLACK_US:
-                raise EventFileError(
-                    labels_path,
-                    f"row {j + 1} (class {cls}) spans [{start}, {end}) us, outside the recording "
-                    f"{recording}, whose events span [{t0}, {t1}] us",
-                )
+                raise EventFileError(labels_path, f"row {j + 1} (class {cls}) spans [{start}, {end}) us, outside "
+                                                  f"the recording {recording}, whose events span [{t0}, {t1}] us")
             mask = (events.t >= start) & (events.t < end)
             if not mask.any():
-                raise EventFileError(
-                    labels_path, f"row {j + 1} (class {cls}) spans [{start}, {end}) us but {recording} has no events there"
-                )
+                raise EventFileError(labels_path, f"row {j + 1} (class {cls}) spans [{start}, {end}) us but "
+                                                  f"{recording} has no events there")
             out.append(events.select(mask))
         return out
 
@@ -249,18 +182,16 @@ class DVS128Gesture(Dataset):
     def frames(self, i: int) -> np.ndarray:
         """``[T, 2, 128, 128]`` per-polarity counts of sample ``i`` (from the cache when possible)."""
         recording, row = self.samples[i][:2]
-        stamp = self._stamp(recording)
+        stamp = source_stamp(self.root / recording, self._labels_path(recording))
         frames = self.cache.load(self._key(recording, row), stamp, (self.T, 2, SENSOR, SENSOR))
         if frames is not None:
             return frames
-        result = None
         for j, ev in enumerate(self.segment_events(recording)):
             f = events_to_frames(ev, self.T, SENSOR, SENSOR)
             self.cache.store(self._key(recording, j), stamp, f)
             if j == row:
-                result = f
-        assert result is not None
-        return result
+                frames = f
+        return frames
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         return frames_to_input(self.frames(i), self.img_size, self.transform), self.samples[i][2]

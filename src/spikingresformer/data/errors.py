@@ -1,10 +1,8 @@
 """Errors and warnings of the data sets: a missing data folder, a corrupt event file, a bad option, a bad cache entry.
 
-Every error here is built from one message argument as well, because that is how PyTorch re-raises
-an exception of a data-loading worker in the main process (``type(e)(text)``, the text being the
-worker's formatted traceback). :class:`DataError` then keeps the worker's traceback in
-:attr:`DataError.worker_traceback` and its own message as the message, so the error arrives with
-its type and its one-line message, and a caller can tell it by type alone.
+Every error can also be built from its message alone, as PyTorch re-raises a data-loading worker's
+exception (``type(e)(formatted traceback)``); the worker's traceback then goes to
+:attr:`DataError.worker_traceback` and the original one-line message stays the message.
 """
 
 from __future__ import annotations
@@ -24,6 +22,9 @@ class DataError(Exception):
     #: The data-loading worker's traceback when the error was raised in a worker, else None.
     worker_traceback: Optional[str] = None
 
+    def __init__(self, message: str) -> None:
+        super().__init__(self._from_worker(message))
+
     def _from_worker(self, message: str) -> str:
         """``message`` itself, or, for a worker's re-raised traceback, the original message it ends with."""
         cls = type(self)
@@ -38,9 +39,6 @@ class DataError(Exception):
 class DataOptionError(DataError, ValueError):
     """A data set was asked for with an option it cannot use or a value it cannot take."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(self._from_worker(message))
-
 
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A data folder is missing or incomplete; the message shows the expected layout and the source.
@@ -51,7 +49,7 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
     def __init__(self, dataset: str, root: Union[str, os.PathLike, None] = None, problem: Optional[str] = None,
                  layout: str = "", source: str = ""):
         if problem is None:  # one argument: the whole message
-            super().__init__(self._from_worker(dataset))
+            super().__init__(dataset)
             self.dataset, self.root, self.problem = "", None, dataset
             return
         self.dataset = dataset
@@ -80,9 +78,8 @@ class EventFileError(DataError, ValueError):
 
     def __init__(self, path: Union[str, os.PathLike], problem: Optional[str] = None):
         if problem is None:  # one argument: the whole message
-            message = self._from_worker(str(path))
-            self.path, self.problem = "", message
-            super().__init__(message)
+            super().__init__(str(path))
+            self.path, self.problem = "", str(self.args[0])
             return
         self.path = str(path)
         self.problem = problem
@@ -91,9 +88,6 @@ class EventFileError(DataError, ValueError):
 
 class ImageFileError(DataError, ValueError):
     """An image file is missing or cannot be decoded; the message names the file and the problem."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self._from_worker(message))
 
 
 class FrameCacheWarning(UserWarning):

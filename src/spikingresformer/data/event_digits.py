@@ -1,13 +1,9 @@
 """'event-digits': scikit-learn's digits turned into DVS recordings by simulated saccades, offline.
 
-Each 8x8 digit (the same fixed 80/20 split as ``digits``) is upsampled bilinearly to
-``digit_size`` px, centred on a ``sensor_size`` px sensor and converted to events with
-:func:`~spikingresformer.data.saccades.images_to_events` (three N-MNIST-style saccades, v2e pixel
-constants). The events are framed exactly like the DVS data sets (split by number into T frames of
-per-polarity counts, then OFF, ON and their sum) and optionally resized to ``img_size``.
-
-Everything is a deterministic function of ``seed`` (which fixes the simulated camera's threshold
-mismatch); the train and test parts built with the same seed share the camera.
+Each digit of the fixed ``digits`` split is upsampled to ``digit_size`` px, centred on a
+``sensor_size`` px sensor, converted to events (:func:`~.saccades.images_to_events`) and framed
+like the DVS data sets. Everything is a deterministic function of ``seed``, which fixes the
+simulated camera; the train and test parts built with the same seed share the camera.
 """
 
 from __future__ import annotations
@@ -34,34 +30,17 @@ _STAMP = "v2"  # what the cached split is made of; v1 stored int16 counts
 class EventDigits(Dataset):
     """Digits as simulated DVS recordings: ``(frames float32 [T, 3, H, W], label)``.
 
-    Args:
-        train: training (1,437) or test (360) part of the fixed digits split.
-        T: frames per sample (split by number).
-        img_size: output side; ``None`` keeps ``sensor_size``.
-        sensor_size: side of the simulated sensor in pixels.
-        digit_size: side the 8x8 digit is upsampled to before the saccades.
-        seed: fixes the simulated camera (threshold mismatch); same seed, same data.
-        transform: applied to the ``[T, 3, H, W]`` tensor (e.g. :class:`~.augment.RandomShift`).
-        cfg: camera and motion constants (:class:`SaccadeDVSConfig`).
-        cache_dir: where the framed split is cached (``None``: ``$SPIKINGRESFORMER_FRAME_CACHE`` or
-            ``~/.cache/spikingresformer``; ``False``: no disk cache). Building from scratch takes a few seconds.
+    ``img_size`` None keeps ``sensor_size``; ``cfg`` holds the camera and motion constants. ``cache_dir``
+    None caches the framed split under ``$SPIKINGRESFORMER_FRAME_CACHE`` or ``~/.cache/spikingresformer``,
+    False not at all (building it from scratch takes a few seconds).
     """
 
     num_classes = 10
     in_chans = 3
 
-    def __init__(
-        self,
-        train: bool,
-        T: int = 8,
-        img_size: SizeLike = None,
-        sensor_size: int = 16,
-        digit_size: int = 12,
-        seed: int = 0,
-        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-        cfg: SaccadeDVSConfig = SaccadeDVSConfig(),
-        cache_dir: Union[str, None, bool] = None,
-    ) -> None:
+    def __init__(self, train: bool, T: int = 8, img_size: SizeLike = None, sensor_size: int = 16, digit_size: int = 12,
+                 seed: int = 0, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 cfg: SaccadeDVSConfig = SaccadeDVSConfig(), cache_dir: Union[str, None, bool] = None) -> None:
         for name, value, low in (("T", T, 1), ("sensor_size", sensor_size, 1), ("digit_size", digit_size, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise DataOptionError(f"event-digits: {name} must be an integer of at least {low}, got {value!r}")

@@ -1,15 +1,11 @@
 """Events to frames ("split by number"), the 3-channel model input, and the on-disk frame cache.
 
-With N events and T frames, frame ``i`` holds events ``[i * (N // T), (i + 1) * (N // T))`` and the
-last frame also takes the remainder (so with ``N < T`` every event lands in the last frame). Each
-frame is ``[2, H, W]`` per-polarity counts: channel 0 counts OFF events (``p == 0``), channel 1 ON
-events (``p == 1``), as spikingjelly's ``integrate_events_segment_to_frame`` does. The model input is
-those two channels plus their sum, resized bilinearly with antialiasing. ``docs/data.md`` explains
-the protocol and the cache.
+``docs/data.md`` specifies the framing protocol and the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -24,15 +20,8 @@ from ..fileio import atomic_open
 from .aedat import Events
 from .errors import FrameCacheWarning
 
-__all__ = [
-    "FRAME_CACHE_ENV",
-    "COUNT_DTYPES",
-    "events_to_frames",
-    "frames_to_input",
-    "FrameCache",
-    "default_cache_root",
-    "source_stamp",
-]
+__all__ = ["FRAME_CACHE_ENV", "COUNT_DTYPES", "events_to_frames", "frames_to_input", "FrameCache",
+           "default_cache_root", "source_stamp"]
 
 SizeLike = Union[int, Tuple[int, int], None]
 
@@ -49,29 +38,16 @@ def events_to_frames(events: Events, T: int, height: int = 128, width: int = 128
         raise ValueError(f"T must be at least 1, got {T}")
     n = len(events)
     di = n // T
-    if di > 0:
-        frame = np.minimum(np.arange(n, dtype=np.int64) // di, T - 1)
-    else:
-        frame = np.full(n, T - 1, dtype=np.int64)
+    frame = np.minimum(np.arange(n, dtype=np.int64) // di, T - 1) if di else np.full(n, T - 1, dtype=np.int64)
     x = events.x.astype(np.int64, copy=False)
     y = events.y.astype(np.int64, copy=False)
     p = (events.p != 0).astype(np.int64)
     if n and (x.min() < 0 or y.min() < 0 or x.max() >= width or y.max() >= height):
         raise ValueError(f"events lie outside the {width}x{height} sensor")
     flat = ((frame * 2 + p) * height + y) * width + x
-    counts = np.bincount(flat, minlength=T * 2 * height * width)
-    counts = counts.reshape(T, 2, height, width)
+    counts = np.bincount(flat, minlength=T * 2 * height * width).reshape(T, 2, height, width)
     dtype = np.uint16 if (counts.size == 0 or counts.max() <= np.iinfo(np.uint16).max) else np.uint32
     return counts.astype(dtype)
-
-
-def _size_tuple(size: SizeLike) -> Optional[Tuple[int, int]]:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
 
 
 def frames_to_input(
@@ -81,12 +57,12 @@ def frames_to_input(
 
     ``transform`` (a data set's sample transform, e.g. the DVS augment) is applied last.
     """
-    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
-    x = x.to(torch.float32)
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames).to(torch.float32)
     x = torch.cat([x, x.sum(dim=1, keepdim=True)], dim=1)
-    hw = _size_tuple(img_size)
-    if hw is not None and tuple(x.shape[-2:]) != hw:
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
+    if img_size is not None:
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        if tuple(x.shape[-2:]) != (int(h), int(w)):
+            x = F.interpolate(x, size=(int(h), int(w)), mode="bilinear", align_corners=False, antialias=True)
     x = x.contiguous()
     return transform(x) if transform is not None else x
 
@@ -106,22 +82,14 @@ def default_cache_root() -> Path:
 
 def source_stamp(*paths: Union[str, os.PathLike]) -> str:
     """Stamp of the source files (name, size and modification time in ns) stored with cached frames."""
-    parts = []
-    for p in paths:
-        st = os.stat(p)
-        parts.append(f"{os.path.basename(os.fspath(p))}:{st.st_size}:{st.st_mtime_ns}")
-    return ";".join(parts)
+    stats = ((os.path.basename(os.fspath(p)), os.stat(p)) for p in paths)
+    return ";".join(f"{name}:{st.st_size}:{st.st_mtime_ns}" for name, st in stats)
 
 
 class FrameCache:
-    """On-disk cache of framed samples, one ``.npz`` per sample and T, checked on every read.
+    """On-disk cache of framed samples, one ``.npz`` per sample and T, checked on every read (see ``docs/data.md``).
 
-    Layout: ``<cache root>/<dataset>-<hash of the data root>/T<T>/<key>.npz``. Each file holds the
-    ``frames`` (per-polarity counts), ``T`` and a ``source`` stamp (see :func:`source_stamp`). A stamp
-    that differs from the source's means the source changed: the entry is framed again. An entry that
-    cannot be read or is not what the data set expects (shape, dtype, T) is reported with a
-    :class:`~.errors.FrameCacheWarning` naming the file, deleted and framed again. Writes are atomic
-    (:mod:`spikingresformer.fileio`), so an interrupted conversion never leaves a partial entry.
+    Layout: ``<cache root>/<dataset>-<hash of the data root>/T<T>/<key>.npz``; writes are atomic.
     """
 
     def __init__(self, dataset: str, data_root: Union[str, os.PathLike], T: int, cache_dir: Optional[str] = None):
@@ -162,10 +130,8 @@ class FrameCache:
         """Warn that the entry at ``path`` is unusable, and delete it so that it is framed again."""
         warnings.warn(f"frame cache entry {path} {problem}; framing its source again", FrameCacheWarning,
                       stacklevel=3)
-        try:
+        with contextlib.suppress(OSError):
             path.unlink()
-        except OSError:
-            pass
         return None
 
 
@@ -174,9 +140,7 @@ def _entry_problem(frames: np.ndarray, stored_T: int, T: int, shape: Tuple[int, 
     if stored_T != T:
         return f"was made for T={stored_T}, expected T={T}"
     if frames.dtype not in COUNT_DTYPES:
-        bad = ""
-        if frames.dtype.kind in "fc" and not np.isfinite(frames).all():
-            bad = " with NaN or infinite values"
+        bad = " with NaN or infinite values" if frames.dtype.kind in "fc" and not np.isfinite(frames).all() else ""
         return f"holds {frames.dtype} frames{bad}, expected event counts ({' or '.join(map(str, COUNT_DTYPES))})"
     if tuple(frames.shape) != shape:
         return f"holds frames of shape {tuple(frames.shape)}, expected {shape}"

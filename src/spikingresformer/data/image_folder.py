@@ -1,27 +1,13 @@
 """Anyone's images as a data set: ``<root>/train/<class>/*`` and ``<root>/val/<class>/*`` (``image-folder``).
 
-Any format Pillow reads (png, jpg, bmp, gif, tif, webp, ppm/pgm); grayscale and colour may mix.
-**Channels follow the data**: when every image of both parts is grayscale the model gets one
-channel (``in_chans: 1``), otherwise three (grayscale images are replicated to RGB). The option
-``in_chans`` (1 or 3) forces either.
-
-**Augmentation follows the image size** (the training part only, ``augment: true``):
-
-- up to :data:`SMALL_IMAGE_MAX` px (CIFAR practice): resize to ``img_size`` x ``img_size``, random
-  crop with ``padding`` px of zero padding (default ``img_size // 8``: 4 at 32 px), horizontal flip
-  (``hflip: false`` turns it off: digits, text), optional RandAugment (``aa``), random erasing
-  (``reprob``). Evaluation: resize to ``img_size`` x ``img_size``.
-- larger images (ImageNet practice, timm's transforms): random-resized crop, flip (unless
-  ``hflip: false``), optional RandAugment and random erasing; evaluation resizes the short side to
-  ``img_size / crop_pct`` and takes the centre crop.
-
-Normalisation: ImageNet's mean/std for RGB, their channel average (0.449 / 0.226) for grayscale,
-unless ``mean`` / ``std`` are given.
+Channels follow the data (1 when every image is grayscale, else 3) and augmentation follows the
+image size (CIFAR practice up to :data:`SMALL_IMAGE_MAX` px, ImageNet's above); see ``docs/data.md``.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -30,17 +16,8 @@ from torchvision import datasets, transforms
 
 from .errors import DataOptionError, DatasetNotFoundError, ImageFileError
 
-__all__ = [
-    "GRAY_MEAN",
-    "GRAY_STD",
-    "IMAGE_EXTENSIONS",
-    "ImageFolderData",
-    "SMALL_IMAGE_MAX",
-    "folder_classes",
-    "detect_in_chans",
-    "image_transform",
-    "open_image",
-]
+__all__ = ["GRAY_MEAN", "GRAY_STD", "IMAGE_EXTENSIONS", "ImageFolderData", "SMALL_IMAGE_MAX", "folder_classes",
+           "detect_in_chans", "image_transform", "open_image"]
 
 #: Images up to this side (after resizing to ``img_size``) get the CIFAR practice, larger ones ImageNet's.
 SMALL_IMAGE_MAX = 64
@@ -55,10 +32,6 @@ LAYOUT = """<root>/train/<class>/<image>   (one folder per class; png, jpg, bmp,
 PathLike = Union[str, os.PathLike]
 
 
-def _mode(in_chans: int) -> str:
-    return "L" if in_chans == 1 else "RGB"
-
-
 def open_image(path: PathLike, in_chans: int) -> Image.Image:
     """Read ``path`` as a grayscale (``in_chans=1``) or RGB image; a clear ``ImageFileError`` when it cannot be read."""
     try:
@@ -66,21 +39,11 @@ def open_image(path: PathLike, in_chans: int) -> Image.Image:
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L") and in_chans == 1:
                 img = img.point(lambda v: v / 256).convert("L")  # 16-bit grey down to 8 bit
-            return img.convert(_mode(in_chans))
+            return img.convert("L" if in_chans == 1 else "RGB")
     except FileNotFoundError:
         raise ImageFileError(f"image {path} does not exist") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageFileError(f"cannot read image {path}: {e} (expected a png, jpg, bmp, ... file)") from None
-
-
-class _Loader:
-    """ImageFolder's loader: open as grayscale or RGB (a class, so DataLoader workers can pickle it)."""
-
-    def __init__(self, in_chans: int) -> None:
-        self.in_chans = in_chans
-
-    def __call__(self, path: str) -> Image.Image:
-        return open_image(path, self.in_chans)
 
 
 def _check_layout(root: Optional[PathLike]) -> Path:
@@ -177,7 +140,7 @@ class ImageFolderData(datasets.ImageFolder):
                 "image-folder", root, f"train/ and val/ hold different class folders ({len(classes)} vs "
                 f"{len(other)}, e.g. {diff}), so label indices would not agree", LAYOUT)
         try:
-            super().__init__(str(base / part), transform=transform, loader=_Loader(in_chans),
+            super().__init__(str(base / part), transform=transform, loader=partial(open_image, in_chans=in_chans),
                              is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
         except FileNotFoundError as e:  # a class folder without images
             raise DatasetNotFoundError("image-folder", root, str(e), LAYOUT) from None

@@ -1,13 +1,8 @@
 """Image data sets: CIFAR10/100 (torchvision's on-disk format) and ImageNet (folders), with timm transforms.
 
-Nothing is downloaded. A missing or incomplete folder raises
-:class:`~spikingresformer.data.errors.DatasetNotFoundError` (a ``FileNotFoundError``) whose message
-shows the expected layout and where the data set is published.
-
-Transforms come from ``timm.data.create_transform``: training (``augment=True``) uses timm's
-RandomResizedCrop + flip + RandAugment string ``aa`` + random erasing ``reprob``; evaluation resizes
-to ``img_size / crop_pct`` and centre-crops ``img_size``. Mixup/cutmix is applied on whole batches by
-the training loop (timm's ``Mixup``), not here.
+Nothing is downloaded: a missing or incomplete folder raises a
+:class:`~spikingresformer.data.errors.DatasetNotFoundError` that shows the expected layout.
+``docs/data.md`` describes the transforms.
 """
 
 from __future__ import annotations
@@ -22,16 +17,8 @@ from torchvision import datasets
 from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .errors import DatasetNotFoundError
 
-__all__ = [
-    "CIFAR10",
-    "CIFAR100",
-    "build_image_transform",
-    "imagenet_folder",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR100_MEAN",
-    "CIFAR100_STD",
-]
+__all__ = ["CIFAR10", "CIFAR100", "build_image_transform", "imagenet_folder", "CIFAR10_MEAN", "CIFAR10_STD",
+           "CIFAR100_MEAN", "CIFAR100_STD"]
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version' archives)"
 IMAGENET_URL = "https://image-net.org/download.php (ILSVRC2012 train and validation images)"
@@ -42,27 +29,13 @@ IMAGENET_LAYOUT = """\
 <root>/val/...                   e.g. with the widely used valprep.sh)"""
 
 
-def build_image_transform(
-    img_size: int,
-    is_training: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
-    aa: Optional[str] = None,
-    interpolation: str = "bicubic",
-    crop_pct: Optional[float] = None,
-    reprob: float = 0.0,
-) -> Callable:
+def build_image_transform(img_size: int, is_training: bool, mean: Sequence[float], std: Sequence[float],
+                          aa: Optional[str] = None, interpolation: str = "bicubic", crop_pct: Optional[float] = None,
+                          reprob: float = 0.0) -> Callable:
     """timm's transform for training (RandAugment ``aa``, random erasing ``reprob``) or evaluation."""
-    return create_transform(
-        input_size=img_size,
-        is_training=is_training,
-        auto_augment=aa if is_training else None,
-        interpolation=interpolation,
-        mean=tuple(mean),
-        std=tuple(std),
-        crop_pct=crop_pct,
-        re_prob=reprob if is_training else 0.0,
-    )
+    return create_transform(input_size=img_size, is_training=is_training, auto_augment=aa if is_training else None,
+                            interpolation=interpolation, mean=tuple(mean), std=tuple(std), crop_pct=crop_pct,
+                            re_prob=reprob if is_training else 0.0)
 
 
 def _cifar_layout(base_folder: str, files: Sequence[str]) -> str:
@@ -99,6 +72,10 @@ class _CifarOnDisk:
             )
         return root
 
+    def __init__(self, root: Union[str, os.PathLike], train: bool = True, transform: Optional[Callable] = None) -> None:
+        root = self._resolve_root(root, type(self).__name__)
+        super().__init__(root, train=train, transform=transform, download=False)  # type: ignore[call-arg]
+
     def _check_integrity(self) -> bool:  # torchvision hook: existence only (md5 needs the real files)
         return all(
             os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f, _ in self.train_list + self.test_list
@@ -117,17 +94,13 @@ class _CifarOnDisk:
 class CIFAR10(_CifarOnDisk, datasets.CIFAR10):
     """torchvision's CIFAR10 read from ``root`` (never downloaded; file presence checked, not md5)."""
 
-    def __init__(self, root: Union[str, os.PathLike], train: bool = True, transform: Optional[Callable] = None) -> None:
-        root = self._resolve_root(root, "CIFAR10")
-        super().__init__(root, train=train, transform=transform, download=False)
-
 
 class CIFAR100(_CifarOnDisk, datasets.CIFAR100):
     """torchvision's CIFAR100 read from ``root`` (never downloaded; file presence checked, not md5)."""
 
-    def __init__(self, root: Union[str, os.PathLike], train: bool = True, transform: Optional[Callable] = None) -> None:
-        root = self._resolve_root(root, "CIFAR100")
-        super().__init__(root, train=train, transform=transform, download=False)
+
+def _imagenet_not_found(root: Union[str, os.PathLike, None], problem: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError("ImageNet", root, problem, IMAGENET_LAYOUT, IMAGENET_URL)
 
 
 def imagenet_folder(
@@ -135,37 +108,25 @@ def imagenet_folder(
 ) -> datasets.ImageFolder:
     """ImageNet's ``train`` or ``val`` folder as a torchvision ImageFolder, after checking the layout."""
     if root is None:
-        raise DatasetNotFoundError("ImageNet", root, "no data root given", IMAGENET_LAYOUT, IMAGENET_URL)
+        raise _imagenet_not_found(root, "no data root given")
     base = Path(root)
     for part in ("train", "val"):
         if not (base / part).is_dir():
-            raise DatasetNotFoundError(
-                "ImageNet", root, f"folder {str(base / part)!r} does not exist", IMAGENET_LAYOUT, IMAGENET_URL
-            )
+            raise _imagenet_not_found(root, f"folder {str(base / part)!r} does not exist")
     part_dir = base / ("train" if train else "val")
     classes = sorted(d.name for d in part_dir.iterdir() if d.is_dir())
     if not classes:
         loose = [f.name for f in part_dir.iterdir() if f.is_file()][:3]
-        hint = (
-            f" (it holds loose files such as {loose}: the validation images must be sorted into class folders)"
-            if loose
-            else ""
-        )
-        raise DatasetNotFoundError(
-            "ImageNet", root, f"folder {str(part_dir)!r} has no class folders{hint}", IMAGENET_LAYOUT, IMAGENET_URL
-        )
+        hint = (f" (it holds loose files such as {loose}: the validation images must be sorted into class folders)"
+                if loose else "")
+        raise _imagenet_not_found(root, f"folder {str(part_dir)!r} has no class folders{hint}")
     if not train:
         train_classes = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
         if train_classes != classes:
             extra = sorted(set(classes) ^ set(train_classes))[:5]
-            raise DatasetNotFoundError(
-                "ImageNet", root,
-                f"train/ and val/ hold different class folders ({len(train_classes)} vs {len(classes)}; "
-                f"e.g. {extra}), so label indices would not agree",
-                IMAGENET_LAYOUT, IMAGENET_URL,
-            )
+            raise _imagenet_not_found(root, f"train/ and val/ hold different class folders ({len(train_classes)} "
+                                            f"vs {len(classes)}; e.g. {extra}), so label indices would not agree")
     try:
         return datasets.ImageFolder(str(part_dir), transform=transform)
     except FileNotFoundError as e:  # a class folder without images
-        raise DatasetNotFoundError("ImageNet", root, f"incomplete: {e}", IMAGENET_LAYOUT, IMAGENET_URL) from None
-
+        raise _imagenet_not_found(root, f"incomplete: {e}") from None

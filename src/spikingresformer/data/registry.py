@@ -1,9 +1,8 @@
 """One entry point that builds any supported data set by name, as recipes name them.
 
 Every builder declares its options as explicit keyword arguments; :func:`build_dataset` refuses an
-option the named data set cannot use (a :class:`~.errors.DataOptionError`, a ``ValueError``,
-naming the option and the data set) instead
-of dropping it.
+option the named data set cannot use (a :class:`~.errors.DataOptionError` naming the option and the
+data set) instead of dropping it.
 """
 
 from __future__ import annotations

@@ -1,41 +1,18 @@
 """Static image -> event stream: the image moves along three saccades in front of a simulated DVS.
 
-This follows how N-MNIST / N-Caltech101 were recorded (Orchard et al., "Converting static image
-datasets to spiking neuromorphic datasets using saccades", Front. Neurosci. 9:437, 2015): the sensor
-makes three short saccades along the sides of an isosceles triangle, about 100 ms each (300 ms per
-recording), and every pixel reports ON/OFF events where its log intensity changes. For 28-px MNIST
-digits N-MNIST used a 34x34 pixel window, i.e. the motion needs a margin of about 3 px (~10 %) per side.
-
-The pixel model follows the v2e simulator's defaults (Hu, Liu, Delbruck, "v2e: From video frames to
-realistic DVS events", CVPRW 2021; the ``v2e`` command line defaults):
-
-==========================  =========  ==============================================================
-constant                    value      source / meaning
-==========================  =========  ==============================================================
-``pos_thres``, ``neg_thres``  0.2      v2e ``--pos_thres/--neg_thres``: log-intensity change per event
-``sigma_thres``             0.03       v2e ``--sigma_thres``: pixel-to-pixel threshold mismatch (std)
-``min_thres``               0.01       v2e clips mismatched thresholds to at least 0.01
-``lin_log_dn``              20         v2e ``lin_log``: linear below 20 DN (of 255), log above
-``saccade_us``              100,000    N-MNIST: three saccades of ~100 ms
-``steps_per_saccade``       20         simulation steps (5 ms); v2e's 300 Hz photoreceptor low-pass
-                                       (``--cutoff_hz``) is a no-op at this step and is left out
-leak / shot noise           off        v2e defaults 0.01 Hz and 0.001 Hz: < 0.001 events per pixel
-                                       in a 300 ms recording, so they are left out
-==========================  =========  ==============================================================
-
-A pixel keeps a memorised log-intensity level (initialised to the first image, so a static scene
-emits nothing). After each step the change ``d = L - M`` emits ``floor(d / pos_thres)`` ON events or
-``floor(-d / neg_thres)`` OFF events, spread evenly over the step, and the memorised level moves by
-that many thresholds (as v2e does). The thresholds' mismatch is a property of the simulated sensor:
-it is drawn once from ``seed``, so a seed fixes the camera and the output is deterministic.
+As N-MNIST was recorded (Orchard et al., Front. Neurosci. 9:437, 2015), with the pixel model of the
+v2e simulator's defaults (Hu, Liu, Delbruck, CVPRW 2021); ``docs/data.md`` gives the constants'
+sources and the pixel model. A seed fixes the simulated camera's threshold mismatch, so the output
+is deterministic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
+
 from .aedat import Events
 
 __all__ = ["SaccadeDVSConfig", "saccade_path", "images_to_events", "lin_log"]
@@ -43,7 +20,7 @@ __all__ = ["SaccadeDVSConfig", "saccade_path", "images_to_events", "lin_log"]
 
 @dataclass(frozen=True)
 class SaccadeDVSConfig:
-    """Constants of the simulated camera and motion (see the module docstring for their sources)."""
+    """Constants of the simulated camera and motion (``docs/data.md`` gives their sources)."""
 
     pos_thres: float = 0.2
     neg_thres: float = 0.2
@@ -98,13 +75,8 @@ def _render(canvas: np.ndarray, dx: float, dy: float) -> np.ndarray:
     return np.matmul(np.matmul(ay, canvas), ax.T)
 
 
-def images_to_events(
-    images: np.ndarray,
-    sensor_size: int,
-    cfg: SaccadeDVSConfig = SaccadeDVSConfig(),
-    seed: int = 0,
-    thresholds: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-) -> List[Events]:
+def images_to_events(images: np.ndarray, sensor_size: int, cfg: SaccadeDVSConfig = SaccadeDVSConfig(),
+                     seed: int = 0) -> List[Events]:
     """Convert grey images ``[N, h, w]`` in ``[0, 1]`` (centred on an ``S x S`` sensor) to event streams.
 
     All images are simulated together (vectorised over images and pixels; one loop over the
@@ -121,12 +93,9 @@ def images_to_events(
     top, left = (S - h) // 2, (S - w) // 2
     canvas[:, top : top + h, left : left + w] = images
 
-    if thresholds is None:
-        rng = np.random.default_rng(seed)
-        on = np.maximum(rng.normal(cfg.pos_thres, cfg.sigma_thres, (S, S)), cfg.min_thres)
-        off = np.maximum(rng.normal(cfg.neg_thres, cfg.sigma_thres, (S, S)), cfg.min_thres)
-    else:
-        on, off = thresholds
+    rng = np.random.default_rng(seed)  # the camera's per-pixel threshold mismatch
+    on = np.maximum(rng.normal(cfg.pos_thres, cfg.sigma_thres, (S, S)), cfg.min_thres)
+    off = np.maximum(rng.normal(cfg.neg_thres, cfg.sigma_thres, (S, S)), cfg.min_thres)
 
     times, offs = saccade_path(cfg)
 
@@ -153,11 +122,7 @@ def images_to_events(
         empty = np.zeros(0, dtype=np.int32)
         return [Events(np.zeros(0, np.int64), empty, empty.copy(), np.zeros(0, np.uint8)) for _ in range(n)]
 
-    count = np.concatenate(rec_count)
-    r_sample = np.concatenate(rec_sample)
-    r_pix = np.concatenate(rec_pix)
-    r_pol = np.concatenate(rec_pol)
-    r_step = np.concatenate(rec_step)
+    count, r_sample, r_pix, r_pol, r_step = map(np.concatenate, (rec_count, rec_sample, rec_pix, rec_pol, rec_step))
     ridx = np.repeat(np.arange(count.size, dtype=np.int64), count)  # record of every event
     first = np.cumsum(count) - count
     j = np.arange(ridx.size, dtype=np.int64) - first[ridx] + 1  # 1..count within its record
