@@ -116,15 +116,24 @@ def test_merge_rounds_pools_steps_and_ratios():
 
 
 def test_official_arguments_errors(tmp_path):
-    with pytest.raises(SystemExit, match="--official needs --official-python"):
+    with pytest.raises(SystemExit, match="--official needs --official-path DIR .* or --official-python PY"):
         step.main(["--official", str(tmp_path)])
-    with pytest.raises(SystemExit, match="needs --official DIR"):
+    with pytest.raises(SystemExit, match="need --official DIR"):
         step.main(["--official-python", sys.executable])
+    with pytest.raises(SystemExit, match="need --official DIR"):
+        step.main(["--official-path", str(tmp_path)])
     with pytest.raises(SystemExit, match="lacks models/spikingresformer.py"):
         step.main(["--official", str(tmp_path), "--official-python", sys.executable])
     _fake_checkout(tmp_path)
     with pytest.raises(SystemExit, match="expected an executable Python"):
         step.main(["--official", str(tmp_path), "--official-python", str(tmp_path / "nope")])
+
+
+def test_official_path_goes_first_on_the_official_side_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    assert "PYTHONPATH" not in step._official_env()
+    assert step._official_env(str(tmp_path))["PYTHONPATH"] == str(tmp_path)
+    assert step._ours_env("glibc")["PYTHONPATH"] == "/somewhere/else"
 
 
 def test_choose_backend():
