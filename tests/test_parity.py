@@ -145,8 +145,10 @@ def test_float32_backends_agree_elementwise(name):
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
     for (k, p), q in zip(a.named_parameters(), b.parameters()):
-        # PLIF's w gradient sums over every neuron: in float64 in the fused kernel, float32 in the reference
-        tol = 1e-5 if k.endswith(".w") else 0.0
+        # PLIF's w gradient sums over every neuron: in float64 in the fused kernel, in float32 by autograd
+        # in the reference, whose summation order follows the processor's vector width; the sum also
+        # cancels (terms of both signs). Measured: 1.03e-5 on a Xeon (AVX-512), below 1e-5 on an AMD EPYC
+        tol = 1e-4 if k.endswith(".w") else 0.0
         assert rel_err(q.grad, p.grad) <= tol, k
 
 
