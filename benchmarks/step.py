@@ -13,8 +13,9 @@ preloaded into that configuration's process with ``LD_PRELOAD``). ``mode`` is ``
 ``compile`` (``torch.compile(model, fullgraph=True)``; the first warm-up step's extra time is
 reported as the compile time).
 
-With ``--official DIR --official-python PY`` the official model (a checkout DIR of the official
-repository, run by PY: an environment with spikingjelly 0.0.0.0.14, timm and the same torch) is
+With ``--official DIR --official-path SJ`` the official model (a checkout DIR of the official
+repository, run by this Python with SJ, a folder holding spikingjelly 0.0.0.0.14, first on its path;
+or ``--official-python PY``: an environment with spikingjelly 0.0.0.0.14, timm and the same torch) is
 measured too, with the same variant, batch, T, image size, optimizer and step, in processes that
 alternate with ours for ``--rounds`` rounds (official first). The official neurons use
 spikingjelly's ``torch`` backend unless CUDA and CuPy are there (see ``official_model.py``); its
@@ -32,7 +33,7 @@ Examples::
         --device cuda --precision bf16 --backends reference,fused,triton
     python benchmarks/step.py --model spikingresformer_cifar --batch-size 16 --T 4 --img-size 32 \\
         --official /work/official \\
-        --official-python /work/official-venv/bin/python --official-precision bf16 --rounds 2
+        --official-path /work/official-sj --official-precision bf16 --rounds 2
 """
 
 from __future__ import annotations
