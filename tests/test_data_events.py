@@ -552,6 +552,17 @@ def test_saccade_converter_deterministic_for_seed():
     assert len(still) == 0
 
 
+def test_saccade_converter_takes_the_sensor_thresholds():
+    imgs = np.random.default_rng(0).random((2, 10, 10)).astype(np.float32)
+    cfg = SaccadeDVSConfig()
+    rng = np.random.default_rng(5)  # the draw that seed=5 makes
+    on, off = (np.maximum(rng.normal(m, cfg.sigma_thres, (14, 14)), cfg.min_thres) for m in (cfg.pos_thres, cfg.neg_thres))
+    for ea, eb in zip(images_to_events(imgs, 14, seed=5), images_to_events(imgs, 14, seed=9, thresholds=(on, off))):
+        assert all(np.array_equal(u, v) for u, v in zip(ea, eb))
+    coarse = images_to_events(imgs, 14, thresholds=(2 * on, 2 * off))
+    assert sum(map(len, coarse)) < sum(map(len, images_to_events(imgs, 14, seed=5))) / 1.5
+
+
 def test_event_digits_dataset(tmp_path):
     ds = EventDigits(False, T=4, seed=0, cache_dir=str(tmp_path))
     assert len(ds) == 360

@@ -9,7 +9,7 @@ is deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -76,8 +76,10 @@ def _render(canvas: np.ndarray, dx: float, dy: float) -> np.ndarray:
 
 
 def images_to_events(images: np.ndarray, sensor_size: int, cfg: SaccadeDVSConfig = SaccadeDVSConfig(),
-                     seed: int = 0) -> List[Events]:
+                     seed: int = 0, thresholds: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> List[Events]:
     """Convert grey images ``[N, h, w]`` in ``[0, 1]`` (centred on an ``S x S`` sensor) to event streams.
+
+    ``thresholds``: the sensor's per-pixel ON and OFF thresholds ``[S, S]`` (default: drawn from ``seed``).
 
     All images are simulated together (vectorised over images and pixels; one loop over the
     ``3 * steps_per_saccade`` time steps). Returns one :class:`Events` per image, sorted by time.
@@ -93,9 +95,11 @@ def images_to_events(images: np.ndarray, sensor_size: int, cfg: SaccadeDVSConfig
     top, left = (S - h) // 2, (S - w) // 2
     canvas[:, top : top + h, left : left + w] = images
 
-    rng = np.random.default_rng(seed)  # the camera's per-pixel threshold mismatch
-    on = np.maximum(rng.normal(cfg.pos_thres, cfg.sigma_thres, (S, S)), cfg.min_thres)
-    off = np.maximum(rng.normal(cfg.neg_thres, cfg.sigma_thres, (S, S)), cfg.min_thres)
+    if thresholds is None:  # the camera's per-pixel threshold mismatch
+        rng = np.random.default_rng(seed)
+        thresholds = tuple(np.maximum(rng.normal(mean, cfg.sigma_thres, (S, S)), cfg.min_thres)
+                           for mean in (cfg.pos_thres, cfg.neg_thres))
+    on, off = thresholds
 
     times, offs = saccade_path(cfg)
 
