@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from step import current_rss_mb as rss_mb  # benchmarks/step.py, beside this script
+
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -42,12 +44,6 @@ def live_mb() -> float:
     """Bytes held in malloc: in-use heap chunks of every arena plus mmapped chunks, in MiB."""
     info = LIBC.mallinfo2()
     return (info.uordblks + info.hblkhd) / 2**20
-
-
-def rss_mb() -> float:
-    """Resident set size of this process, in MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 class Peaks:

@@ -152,7 +152,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _current_rss_mb() -> float:
+def current_rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -317,7 +317,7 @@ def run_worker(args: argparse.Namespace, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     result["threads"] = torch.get_num_threads()
     result["img"] = subject.img
-    result["rss_after_build_mb"] = _current_rss_mb()
+    result["rss_after_build_mb"] = current_rss_mb()
     first_train = first_infer = None
 
     if not args.no_train:

@@ -27,10 +27,12 @@ BackwardImpl = Callable[
 ]
 
 
-def check_kind(kind: str) -> None:
-    """Raise ``ValueError`` unless ``kind`` is a neuron kind the kernels know."""
+def check_kind(kind: str, w: Optional[Tensor]) -> None:
+    """Raise ``ValueError`` unless ``kind`` is a neuron kind the kernels know (PLIF with its weight ``w``)."""
     if kind not in KIND_CODES:
         raise ValueError(f"unknown neuron kind {kind!r}; expected one of {sorted(KIND_CODES)}")
+    if kind == "plif" and w is None:
+        raise ValueError("a PLIF neuron needs its weight w")
 
 
 def needs_autograd(x: Tensor, w: Optional[Tensor]) -> bool:
@@ -66,9 +68,7 @@ def register_neuron_ops(name: str, forward: ForwardImpl, backward: BackwardImpl)
     @torch.library.custom_op(f"{lib_name}_forward", mutates_args=())
     def forward_op(x: Tensor, w: Optional[Tensor], kind: str, tau: float, v_threshold: float, v_reset: float,
                    alpha: float, store_h: bool) -> Tuple[Tensor, Tensor]:
-        check_kind(kind)
-        if kind == "plif" and w is None:
-            raise ValueError("a PLIF neuron needs its weight w")
+        check_kind(kind, w)
         return forward(x, w, kind, tau, v_threshold, v_reset, store_h)
 
     @forward_op.register_fake

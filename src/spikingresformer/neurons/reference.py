@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .common import check_kind
+from .common import check_kind, needs_autograd
 from .surrogate import spike_atan
 
 __all__ = ["reference_multistep"]
@@ -33,10 +33,8 @@ def reference_multistep(
     (the charge multiplies by ``sigmoid(w)``, ``w`` learnable) or ``"if"`` (no leak). The membrane
     starts at ``v_reset``; the reset is hard and detached from the graph.
     """
-    check_kind(kind)
-    if kind == "plif" and w is None:
-        raise ValueError("a PLIF neuron needs its weight w")
-    differentiable = torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad))
+    check_kind(kind, w)
+    differentiable = needs_autograd(x, w)
     v: torch.Tensor | float = v_reset
     k = w.sigmoid() if kind == "plif" else None  # type: ignore[union-attr]
     spikes = []
