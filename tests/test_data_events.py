@@ -32,7 +32,7 @@ from spikingresformer.data import (
 )
 from spikingresformer.data import aedat as aedat_mod
 from spikingresformer.data.cifar10dvs import split_files
-from spikingresformer.data.errors import DatasetNotFoundError
+from spikingresformer.data.errors import DataError, DataOptionError, DatasetNotFoundError
 from spikingresformer.data.saccades import SaccadeDVSConfig
 
 # ------------------------------------------------------------------------------------------------
@@ -270,6 +270,20 @@ def test_cifar10dvs_splits_members_and_sizes(tmp_path):
     make_cifar10dvs(tmp_path / "low", ids=[3, 4])
     with pytest.raises(ValueError, match="no samples"):  # only ids < 100: first100 has no training part
         CIFAR10DVS(tmp_path / "low", True, 4, split="first100")
+
+
+def test_cifar10dvs_split_errors_are_typed_data_errors(tmp_path):
+    """A split that cannot be used on the files given is a DataOptionError (a DataError the CLI reports in one
+    line, still a ValueError), with its message as it was."""
+    make_cifar10dvs(tmp_path / "low", ids=[3, 4])
+    with pytest.raises(DataOptionError, match="split 'first100' leaves no samples for the training part") as e:
+        CIFAR10DVS(tmp_path / "low", True, 4, split="first100")
+    assert isinstance(e.value, DataError) and isinstance(e.value, ValueError) and "\n" not in str(e.value)
+    names = ["cifar10_cat_7.aedat", "cat_seven.aedat"]
+    assert split_files(names, "official", False) == ["cifar10_cat_7.aedat"]  # names are not read by 'official'
+    with pytest.raises(DataOptionError, match=r"cannot read the sample id from file name 'cat_seven.aedat' "
+                                              r"\(expected \.\.\._<id>\.aedat\)"):
+        split_files(names, "first100", True)
 
 
 def counting(monkeypatch, name: str) -> List[str]:

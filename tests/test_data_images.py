@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from spikingresformer.data import CIFAR10, CIFAR100, DatasetNotFoundError, build_dataset, dataset_names
-from spikingresformer.data.images import CIFAR10_MEAN, CIFAR10_STD
+from spikingresformer.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from spikingresformer.data import (CIFAR10, CIFAR10DVS_CLASSES, CIFAR100, DatasetNotFoundError, build_dataset,
+                                   dataset_names)
+from spikingresformer.data.registry import dataset_preprocessing
 
 OPTS = dict(img_size=32, T=4, augment=True, aa="rand-m7-n1-mstd0.5-inc1", interpolation="bicubic", crop_pct=None,
             mean=None, std=None, reprob=0.25, seed=0)
@@ -121,6 +123,45 @@ def test_cifar_missing_and_incomplete(tmp_path):
         build_dataset("cifar100", str(tmp_path / "c"), False, **OPTS)
     with pytest.raises(DatasetNotFoundError, match="no data root"):
         build_dataset("cifar10", None, False, **OPTS)
+
+
+def test_cifar_class_names_from_the_resolved_root(tmp_path):
+    """The preprocessing's class names: CIFAR100's from its meta file, also when data_root is the
+    ``cifar-100-python`` folder itself (as the data set accepts); CIFAR10's (and CIFAR10-DVS's) one constant."""
+    make_cifar100(tmp_path / "c100")
+    fine = [f"c{i}" for i in range(100)]
+    for root in (tmp_path / "c100", tmp_path / "c100" / "cifar-100-python"):
+        assert dataset_preprocessing("cifar100", str(root), {}, 3)["class_names"] == fine
+        assert CIFAR100(root, train=False).classes == fine
+    assert dataset_preprocessing("cifar100", str(tmp_path / "none"), {}, 3)["class_names"] is None
+    assert dataset_preprocessing("cifar100", None, {}, 3)["class_names"] is None
+    assert CIFAR10DVS_CLASSES is CIFAR10_CLASSES and CIFAR10_CLASSES[0] == "airplane" and len(CIFAR10_CLASSES) == 10
+    for kind in ("cifar10", "cifar10dvs"):
+        assert dataset_preprocessing(kind, None, {}, 3)["class_names"] == list(CIFAR10_CLASSES)
+    _, info = build_dataset("cifar100", str(tmp_path / "c100" / "cifar-100-python"), False, **OPTS)
+    assert info.num_classes == 100  # len(ds.classes)
+
+
+def test_dataset_not_found_error_two_arguments_and_from_a_worker():
+    """``DatasetNotFoundError(dataset, root)`` keeps the root; re-raised from a loader worker, ``.problem`` is the
+    original message, not the worker's traceback."""
+    import sys
+
+    from torch._utils import ExceptionWrapper
+
+    e = DatasetNotFoundError("x", "/root")
+    assert e.dataset == "x" and e.root == "/root" and str(e).startswith("x: data set not found\n")
+    assert "root given: '/root'" in str(e)
+    assert str(DatasetNotFoundError("just a message")) == "just a message"
+    original = DatasetNotFoundError("digits", "/data", "file 3.png is missing", "0.png ...", "scikit-learn")
+    try:
+        raise original
+    except DatasetNotFoundError:
+        wrapped = ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0")
+    with pytest.raises(DatasetNotFoundError) as got:
+        wrapped.reraise()
+    assert "Traceback" in got.value.worker_traceback and "Traceback" not in got.value.problem
+    assert got.value.problem == str(got.value) == "in a data-loading worker: " + str(original)
 
 
 def test_imagenet_folders(tmp_path):

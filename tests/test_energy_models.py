@@ -18,6 +18,7 @@ from spikingresformer.energy import (
     energy_models,
     equivalent_energy,
     memory_energy,
+    official_param_count,
     quantized_bits,
     render_table,
 )
@@ -233,7 +234,7 @@ def test_cli_recipe_defaults_and_overrides(tmp_path, capsys):
     """``energy -c recipe.yaml`` takes the recipe's model, size, T and model_args; flags override them."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: spikingresformer_cifar\nmodel_args: {planes: [8, 16, 32], num_heads: [1, 2, 4], "
-                      "group_size: 8}\nimg_size: 8\nT: 3\ndataset: digits\n")
+                      "group_size: 8, neuron: plif}\nimg_size: 8\nT: 3\ndataset: digits\n")
     out = tmp_path / "o"
     rc = energy_cli.main(["-c", str(recipe), "--data", "random", "--T", "2", "--device", "cpu", "--no-plots",
                           "--output", str(out)])
@@ -241,8 +242,9 @@ def test_cli_recipe_defaults_and_overrides(tmp_path, capsys):
     data = json.loads((out / "energy.json").read_text())
     assert data["T"] == 2 and data["input_shape"] == [1, 3, 8, 8]  # --T overrides, img_size from the recipe
     small = spikingresformer.create_model("spikingresformer_cifar", planes=[8, 16, 32], num_heads=[1, 2, 4],
-                                          group_size=8)
-    assert data["params"] == sum(p.numel() for p in small.parameters())  # the recipe's small planes were used
+                                          group_size=8, neuron="plif")
+    assert data["params"] == official_param_count(small)[0]  # the recipe's small planes were used
+    assert data["params"] < sum(p.numel() for p in small.parameters())  # the official count leaves out PLIF's w
     with open(out / "energy_models.csv") as f:
         model_rows = {r["network"]: r for r in csv.DictReader(f)}
     assert float(model_rows["spiking"]["memory_mj"]) == pytest.approx(data["totals"]["energy_memory_mj"], rel=1e-12)

@@ -129,7 +129,8 @@ def read_aedat31(path: PathLike, sensor_size: Tuple[int, int] = (128, 128)) -> E
     buf = Path(path).read_bytes()
     _, pos = _parse_header(buf, path, major=3)
     words: List[np.ndarray] = []
-    times: List[np.ndarray] = []
+    counts: List[int] = []
+    overflows: List[int] = []  # per packet: the timestamps' high bits (bit 31 up)
     n = len(buf)
     while pos < n:
         if n - pos < PACKET_HEADER_BYTES:
@@ -152,12 +153,14 @@ def read_aedat31(path: PathLike, sensor_size: Tuple[int, int] = (128, 128)) -> E
                     f"bad packet at byte {pos}: polarity events must be 8 bytes with the timestamp at offset 4, "
                     f"got eventSize={esize}, eventTSOffset={ets_off}",
                 )
-            w = np.frombuffer(buf, dtype="<u4", count=2 * ecap, offset=data_start).reshape(-1, 2)
-            words.append(w[:, 0])
-            times.append(w[:, 1].astype(np.int64) | (np.int64(ets_ovf) << 31))  # full timestamp
+            words.append(np.frombuffer(buf, dtype="<u4", count=2 * ecap, offset=data_start))
+            counts.append(ecap)
+            overflows.append(ets_ovf)
         pos = data_start + nbytes
-    data = np.concatenate(words) if words else np.zeros(0, dtype=np.uint32)
-    t = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
+    w = np.concatenate(words).reshape(-1, 2) if words else np.zeros((0, 2), dtype=np.uint32)
+    data, t = w[:, 0], w[:, 1].astype(np.int64)
+    if any(overflows):  # full timestamps, in one pass
+        t |= np.repeat(np.array(overflows, dtype=np.int64), counts) << 31
     x = ((data >> 17) & 0x7FFF).astype(np.int32)
     y = ((data >> 2) & 0x7FFF).astype(np.int32)
     p = ((data >> 1) & 0x1).astype(np.uint8)

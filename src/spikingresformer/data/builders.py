@@ -7,7 +7,6 @@ their defaults, and why some are accepted but ignored.
 
 from __future__ import annotations
 
-import pickle
 from numbers import Real
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple
@@ -15,16 +14,16 @@ from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
+from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .augment import DVSAugment, RandomShift
-from .cifar10dvs import CIFAR10DVS, CIFAR10DVS_CLASSES
+from .cifar10dvs import CIFAR10DVS
 from .digits import DIGITS_MEAN, DIGITS_STD, Digits
 from .dvs128gesture import GESTURE_CLASSES, DVS128Gesture
 from .errors import DataOptionError
 from .event_digits import EventDigits
 from .image_folder import (GRAY_MEAN, GRAY_STD, SMALL_IMAGE_MAX, ImageFolderData, _check_layout, detect_in_chans,
                            folder_classes, image_transform)
-from .images import (CIFAR10, CIFAR10_MEAN, CIFAR10_STD, CIFAR100, CIFAR100_MEAN, CIFAR100_STD,
-                     build_image_transform, imagenet_folder)
+from .images import CIFAR10, CIFAR100, build_image_transform, imagenet_folder
 from .registry import DatasetInfo, register_dataset, register_preprocessing
 
 #: Resize interpolations of the image data sets (the recipe key ``interpolation`` takes these).
@@ -81,8 +80,7 @@ def _image_transform(dataset: str, train: bool, img_size: int, augment: bool, aa
 
 
 def _image_dataset(kind: str, size: int, crop: float, d_mean: Sequence[float], d_std: Sequence[float],
-                   make: Callable[..., Dataset], num_classes: Optional[int],
-                   class_names: Callable[[Optional[str]], Optional[Sequence[str]]]) -> None:
+                   make: Callable[..., Dataset], names_at: Callable[[Optional[str]], Optional[Sequence[str]]]) -> None:
     """Register ``kind``, RGB images with timm transforms (``make(root, train, transform)``), and its preprocessing."""
 
     @register_dataset(kind)
@@ -95,33 +93,24 @@ def _image_dataset(kind: str, size: int, crop: float, d_mean: Sequence[float], d
         tf = _image_transform(kind, train, img_size, augment, aa, reprob, interpolation,
                               crop if crop_pct is None else crop_pct, mean or d_mean, std or d_std)
         ds = make(root, train, tf)
-        return ds, DatasetInfo(kind, num_classes or len(ds.classes), 3, event=False, mixup_ok=True, split="official")
+        return ds, DatasetInfo(kind, len(ds.classes), 3, event=False, mixup_ok=True, split="official")
 
     @register_preprocessing(kind)
     def describe(root: Optional[str], options: dict, in_chans: int) -> dict:
-        names = class_names(root)
+        names = names_at(root)
         return {"mean": tuple(options.get("mean") or d_mean), "std": tuple(options.get("std") or d_std),
                 "interpolation": options.get("interpolation", "bicubic"),
                 "crop_pct": options.get("crop_pct") or crop, "input_kind": "images",
                 "class_names": list(names) if names is not None else None}
 
 
-def _cifar100_names(root: Optional[str]) -> Optional[Sequence[str]]:
-    meta = Path(root or "") / "cifar-100-python" / "meta"
-    if root is None or not meta.is_file():
-        return None
-    with open(meta, "rb") as f:
-        return pickle.load(f, encoding="latin1").get("fine_label_names")
-
-
 def _train_folder_names(root: Optional[str]) -> Optional[Sequence[str]]:
     return folder_classes(root) if root is not None and (Path(root) / "train").is_dir() else None
 
 
-_image_dataset("cifar10", 32, 1.0, CIFAR10_MEAN, CIFAR10_STD, CIFAR10, 10, lambda root: CIFAR10DVS_CLASSES)
-_image_dataset("cifar100", 32, 1.0, CIFAR100_MEAN, CIFAR100_STD, CIFAR100, 100, _cifar100_names)
-_image_dataset("imagenet", 224, 0.95, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, imagenet_folder, None,
-               _train_folder_names)
+_image_dataset("cifar10", 32, 1.0, CIFAR10_MEAN, CIFAR10_STD, CIFAR10, lambda root: CIFAR10_CLASSES)
+_image_dataset("cifar100", 32, 1.0, CIFAR100_MEAN, CIFAR100_STD, CIFAR100, CIFAR100.class_names)
+_image_dataset("imagenet", 224, 0.95, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, imagenet_folder, _train_folder_names)
 
 
 def _dvs_transform(dataset: str, train: bool, augment: bool, dvs_augment: bool):
@@ -241,6 +230,6 @@ def _event_preprocessing(kind: str, names: Sequence[str]) -> None:
                 "input_kind": "events", "class_names": list(names)}
 
 
-_event_preprocessing("cifar10dvs", CIFAR10DVS_CLASSES)
+_event_preprocessing("cifar10dvs", CIFAR10_CLASSES)
 _event_preprocessing("dvs128gesture", GESTURE_CLASSES)
 _event_preprocessing("event-digits", DIGIT_NAMES)

@@ -17,15 +17,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..constants import CIFAR10_CLASSES
 from . import aedat
 from .errors import DataOptionError, DatasetNotFoundError, EventFileError
 from .framing import FrameCache, SizeLike, events_to_frames, frames_to_input, source_stamp
 
 __all__ = ["CIFAR10DVS", "CIFAR10DVS_CLASSES", "CIFAR10DVS_URL", "parse_split"]
 
-CIFAR10DVS_CLASSES: Tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
+CIFAR10DVS_CLASSES = CIFAR10_CLASSES
 CIFAR10DVS_URL = "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 (Li et al., Front. Neurosci. 2017)"
 CIFAR10DVS_LAYOUT = """\
 <root>/airplane/cifar10_airplane_0.aedat ... cifar10_airplane_999.aedat
@@ -51,7 +50,7 @@ def parse_split(split: str) -> Tuple[str, Optional[int]]:
 def _file_id(name: str) -> int:
     m = _ID_RE.search(name)
     if m is None:
-        raise ValueError(f"cannot read the sample id from file name {name!r} (expected ..._<id>.aedat)")
+        raise DataOptionError(f"cannot read the sample id from file name {name!r} (expected ..._<id>.aedat)")
     return int(m.group(1))
 
 
@@ -110,7 +109,7 @@ class CIFAR10DVS(Dataset):
                 raise _not_found(root, f"class folder {cls!r} holds no .aedat files")
             self.samples.extend((f"{cls}/{f}", label) for f in split_files(files, split, train))
         if not self.samples:
-            raise ValueError(
+            raise DataOptionError(
                 f"CIFAR10-DVS split {split!r} leaves no samples for the {'training' if train else 'test'} part "
                 f"of {str(self.root)!r}"
             )

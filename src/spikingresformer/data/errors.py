@@ -43,18 +43,18 @@ class DataOptionError(DataError, ValueError):
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A data folder is missing or incomplete; the message shows the expected layout and the source.
 
-    Built as ``DatasetNotFoundError(dataset, root, problem, layout, source)``, or from the finished message alone.
+    Built as ``DatasetNotFoundError(dataset, root[, problem, layout, source])``, or from the finished message alone.
     """
 
     def __init__(self, dataset: str, root: Union[str, os.PathLike, None] = None, problem: Optional[str] = None,
                  layout: str = "", source: str = ""):
-        if problem is None:  # one argument: the whole message
+        if (root, problem, layout, source) == (None, None, "", ""):  # one argument: the whole message
             super().__init__(dataset)
-            self.dataset, self.root, self.problem = "", None, dataset
+            self.dataset, self.root, self.problem = "", None, str(self.args[0])
             return
         self.dataset = dataset
         self.root = None if root is None else str(root)
-        self.problem = problem
+        self.problem = problem = problem or "data set not found"
         message = (
             f"{dataset}: {problem}\n"
             f"  root given: {self.root!r}\n"

@@ -8,17 +8,16 @@ Nothing is downloaded: a missing or incomplete folder raises a
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from timm.data import create_transform
 from torchvision import datasets
 
-from ..constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .errors import DatasetNotFoundError
 
-__all__ = ["CIFAR10", "CIFAR100", "build_image_transform", "imagenet_folder", "CIFAR10_MEAN", "CIFAR10_STD",
-           "CIFAR100_MEAN", "CIFAR100_STD"]
+__all__ = ["CIFAR10", "CIFAR100", "build_image_transform", "imagenet_folder"]
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version' archives)"
 IMAGENET_URL = "https://image-net.org/download.php (ILSVRC2012 train and validation images)"
@@ -81,13 +80,18 @@ class _CifarOnDisk:
             os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f, _ in self.train_list + self.test_list
         )
 
-    def _load_meta(self) -> None:  # torchvision hook, without its md5 check
-        import pickle
+    @classmethod
+    def class_names(cls, root: Union[str, os.PathLike, None]) -> Optional[list]:
+        """The class names in the meta file of the data set at ``root``, or None when ``root`` does not hold it."""
+        try:
+            root = cls._resolve_root(root, cls.__name__)
+        except DatasetNotFoundError:
+            return None
+        with open(os.path.join(root, cls.base_folder, cls.meta["filename"]), "rb") as f:
+            return pickle.load(f, encoding="latin1")[cls.meta["key"]]
 
-        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
-        self.classes = data[self.meta["key"]]
+    def _load_meta(self) -> None:  # torchvision hook, without its md5 check
+        self.classes = self.class_names(self.root)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
