@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -9,7 +11,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 import spikingresformer as sr
 from conftest import load_fixture, model_from_fixture, rel_err
 from spikingresformer.export import check_onnx, export_onnx, export_program
-from spikingresformer.fidelity import compare, neuron_outputs
+from spikingresformer.fidelity import compare, neuron_outputs, recording_spikes
 from spikingresformer.model import count_spike_flips
 
 
@@ -89,6 +91,10 @@ def test_onnx_runtime_agrees_with_eager_on_the_fixtures(fixture_name, tmp_path):
     model = model_from_fixture(fx, dtype=torch.float32).eval()
     x = fx["test_input"].float()
     path = export_onnx(model, x, tmp_path / "m.onnx", optimize=False, spike_outputs=True)
+    import onnx
+
+    layers = [n for n, m in model.named_modules() if isinstance(m, sr.neurons.MultiStepNeuron)]
+    assert [o.name for o in onnx.load(str(path), load_external_data=False).graph.output] == ["logits", *layers]
     fid = check_onnx(path, model, x)
     assert len(fid.layers) == _neuron_layers(model) and fid.images == x.shape[0]
     assert fid.top1_agreement == 1.0, fid.render()
@@ -109,6 +115,25 @@ def test_fidelity_counts_flips_per_layer():
     assert "top-1 agreement 50.0% of 2" in fid.summary() and "worst layer b" in fid.summary()
     with pytest.raises(ValueError, match="1 neuron layers cannot be compared with 2"):
         compare(torch.zeros(1, 2), torch.zeros(1, 2), ref, [ref["a"]])
+
+
+def test_recording_spikes_keeps_every_call_of_a_layer():
+    """A neuron layer that runs twice records both calls (``name``, ``name#2``), as export names its outputs."""
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lif = sr.neurons.build_neuron("lif")
+
+        def forward(self, x):
+            return self.lif(self.lif(x) + x)
+
+    twice, x = Twice(), torch.rand(2, 1, 3) * 3
+    with recording_spikes(twice) as spikes:
+        out = twice(x)
+    assert list(spikes) == ["lif", "lif#2"] and torch.equal(spikes["lif#2"], out)
+    assert not twice.lif._forward_hooks  # removed after the block
+    _, again = neuron_outputs(twice, x)
+    assert list(again) == ["lif", "lif#2"]
 
 
 def test_export_command_reports_fidelity_and_writes_a_logits_only_file(tmp_path, capsys):
@@ -147,9 +172,50 @@ def test_export_command_rejects_a_check_input_of_the_wrong_shape(tmp_path, capsy
     rc = main(["export", "--model", "spikingresformer_cifar", "--output", str(tmp_path / "m.pt2"), "--format", "pt2",
                "--T", "1", "--img-size", "8", "--check-input", str(bad)])
     err = capsys.readouterr().err
-    assert rc != 0 and "expected a floating-point tensor of shape [B, 3, 8, 8], got a torch.float32 tensor of " \
-        "shape (2, 3, 9, 9)" in err and len(err.strip().splitlines()) == 1
+    assert rc != 0 and len(err.strip().splitlines()) == 1
+    assert "expected a floating-point tensor of shape [1, 3, 8, 8] (other batch sizes need --dynamic-batch), got a " \
+        "torch.float32 tensor of shape (2, 3, 9, 9)" in err
     assert not (tmp_path / "m.pt2").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_command_rejects_another_batch_size_without_dynamic_batch(fmt, tmp_path, capsys):
+    """The exported graph takes only the example's batch size: said in one line before anything is written."""
+    from spikingresformer.cli import main
+
+    batch, out = tmp_path / "batch.pt", tmp_path / f"m.{fmt}"
+    torch.save(torch.randn(3, 3, 8, 8), batch)
+    rc = main(["export", "--model", "spikingresformer_cifar", "--output", str(out), "--format", fmt, "--T", "1",
+               "--img-size", "8", "--batch-size", "2", "--no-optimize", "--check-input", str(batch)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "expected a floating-point tensor of shape [2, 3, 8, 8] (other batch sizes need --dynamic-batch), got a " \
+        "torch.float32 tensor of shape (3, 3, 8, 8)" in err
+    assert list(tmp_path.iterdir()) == [batch]  # nothing written, no spike outputs left behind
+
+
+def test_export_command_strips_the_spike_outputs_when_the_check_fails(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from spikingresformer import export, fileio
+    from spikingresformer.cli import main
+    from spikingresformer.training.errors import RunError
+
+    def failing_check(path, model, batches):
+        assert len(onnx.load(str(path)).graph.output) > 1  # exported with the spike outputs
+        raise RunError("the check failed")
+
+    written = []
+    plain = fileio.atomic_write_bytes
+    monkeypatch.setattr(export, "check_onnx", failing_check)
+    monkeypatch.setattr(fileio, "atomic_write_bytes", lambda p, d: (written.append(Path(p).name), plain(p, d))[1])
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "--model", "spikingresformer_cifar", "--output", str(out), "--T", "1", "--img-size", "8",
+               "--no-optimize"])
+    assert rc == 2 and "the check failed" in capsys.readouterr().err
+    assert written == ["m.onnx"] and [o.name for o in onnx.load(str(out)).graph.output] == ["logits"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left
 
 
 def test_fx_feature_extraction_in_eval_and_training():

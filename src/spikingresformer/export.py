@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from . import fileio
 from .data.errors import DataError
-from .fidelity import Fidelity, compare, neuron_outputs
+from .fidelity import Fidelity, compare, neuron_outputs, recording_spikes
 from .model.fuse import fuse_for_inference
 from .neurons import MultiStepNeuron
 
 __all__ = ["example_input", "prepare_for_export", "export_program", "export_onnx", "check_onnx"]
 
 PathLike = Union[str, os.PathLike]
+_MAX_BATCH = 4096  #: the largest batch of a --dynamic-batch export
 
 
 def example_input(model: nn.Module, batch: int = 1, img_size: Optional[int] = None, T: Optional[int] = None,
@@ -45,7 +47,7 @@ def prepare_for_export(model: nn.Module, neuron_backend: Optional[str] = None) -
 
 
 def _dynamic(dynamic_batch: bool):
-    return ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    return ({0: torch.export.Dim("batch", min=1, max=_MAX_BATCH)},) if dynamic_batch else None
 
 
 def export_program(model: nn.Module, x: torch.Tensor, path: Optional[PathLike] = None, dynamic_batch: bool = False,
@@ -60,23 +62,13 @@ def export_program(model: nn.Module, x: torch.Tensor, path: Optional[PathLike] =
     return program
 
 
-class _WithSpikes(nn.Module):
-    """``model`` returning its logits followed by every neuron layer's spikes (for the ONNX check)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+class _WithSpikes(nn.Sequential):
+    """Its one model, returning the logits followed by every neuron layer's spikes (for the ONNX check)."""
 
     def forward(self, x: torch.Tensor):
-        spikes: List[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: spikes.append(out))
-                 for m in self.model.modules() if isinstance(m, MultiStepNeuron)]
-        try:
-            logits = self.model(x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return (logits, *spikes)
+        with recording_spikes(self[0]) as spikes:
+            logits = self[0](x)
+        return (logits, *spikes.values())
 
 
 def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch: bool = False,
@@ -84,7 +76,7 @@ def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch
     """Write ``model`` (folded, reference neurons) as an ONNX file for input shaped like ``x``.
 
     ``optimize``: run the exporter's graph optimiser (a smaller file, a slower export). ``spike_outputs``: every
-    neuron layer's spikes as outputs after the logits, for :func:`check_onnx`.
+    neuron layer's spikes as outputs after the logits (named by layer), for :func:`check_onnx`.
     """
     try:
         import onnx  # noqa: F401
@@ -96,7 +88,7 @@ def export_onnx(model: nn.Module, x: torch.Tensor, path: PathLike, dynamic_batch
     prepared = prepare_for_export(model, neuron_backend="reference")
     names = ["logits"]
     if spike_outputs:
-        names += [f"spikes_{i}" for i in range(sum(isinstance(m, MultiStepNeuron) for m in prepared.modules()))]
+        names += list(neuron_outputs(prepared, x)[1])
         prepared = _WithSpikes(prepared).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,14 +106,14 @@ def strip_spike_outputs(path: PathLike) -> None:
     import onnx
 
     proto = onnx.load(os.fspath(path))
-    keep = [o for o in proto.graph.output if o.name == "logits"]
-    del proto.graph.output[:]
-    proto.graph.output.extend(keep)
-    onnx.save(proto, os.fspath(path))
+    del proto.graph.output[1:]  # the logits come first
+    fileio.atomic_write_bytes(path, proto.SerializeToString())
 
 
-def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> Fidelity:
-    """Check ``path`` with ``onnx.checker``; how ONNX Runtime agrees with the eager, unfolded model on ``x``."""
+def check_onnx(path: PathLike, model: nn.Module,
+               x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Union[Fidelity, List[Fidelity]]:
+    """Check ``path`` with ``onnx.checker``; how one ONNX Runtime session agrees with the eager, unfolded model on
+    ``x`` (a batch: its :class:`Fidelity`; a sequence of batches: one each)."""
     import onnx
     import onnxruntime as ort
 
@@ -129,10 +121,12 @@ def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> Fidelity:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    logits, spikes = torch.from_numpy(outputs[0]), [torch.from_numpy(o) for o in outputs[1:]]
-    ref_logits, ref_spikes = neuron_outputs(model.eval(), x)
-    return compare(ref_logits, logits, ref_spikes if spikes else {}, spikes)
+    fids = []
+    for batch in [x] if isinstance(x, torch.Tensor) else x:  # one session for every batch
+        logits, *spikes = map(torch.from_numpy, session.run(None, {session.get_inputs()[0].name: batch.numpy()}))
+        ref_logits, ref_spikes = neuron_outputs(model.eval(), batch)
+        fids.append(compare(ref_logits, logits, ref_spikes if spikes else {}, spikes))
+    return fids[0] if isinstance(x, torch.Tensor) else fids
 
 
 def add_arguments(p) -> None:
@@ -170,41 +164,42 @@ def run(args) -> int:
     x = example_input(model, args.batch_size, args.img_size, args.T, events)
     checks = [("example batch", x)]
     if args.check_input and not args.no_check:
-        checks.append((args.check_input, _read_check_input(args.check_input, x)))
+        checks.append((args.check_input, _read_check_input(args.check_input, x, args.dynamic_batch)))
     if args.format == "pt2":
         program = export_program(model, x, args.output, dynamic_batch=args.dynamic_batch)
         print(f"wrote {args.output} (torch.export, input {tuple(x.shape)})")
         for name, batch in checks if not args.no_check else []:
-            if not (args.dynamic_batch or batch.shape == x.shape):
-                print(f"  {name}: not checked (its shape {tuple(batch.shape)} needs --dynamic-batch)")
-                continue
             with torch.no_grad():
                 fid = compare(model(batch), program.module()(batch))
             print(f"  {name}: against eager PyTorch: {fid.summary()}")
         return 0
-    check = not args.no_check
     export_onnx(model, x, args.output, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                optimize=not args.no_optimize, spike_outputs=check)
-    if not check:
+                optimize=not args.no_optimize, spike_outputs=not args.no_check)
+    if args.no_check:
         print(f"wrote {args.output} (ONNX opset {args.opset}, input {tuple(x.shape)})")
         return 0
-    results = [(name, check_onnx(args.output, model, batch)) for name, batch in checks]
-    strip_spike_outputs(args.output)
+    try:
+        results = check_onnx(args.output, model, [batch for _, batch in checks])
+    finally:
+        strip_spike_outputs(args.output)
     print(f"wrote {args.output} (ONNX opset {args.opset}, input {tuple(x.shape)}); onnx.checker passed")
-    for name, fid in results:
+    for (name, _), fid in zip(checks, results):
         print(f"  {name}: ONNX Runtime against eager PyTorch: {fid.summary()}")
     return 0
 
 
-def _read_check_input(path: str, example: torch.Tensor) -> torch.Tensor:
-    """The ``--check-input`` batch: one tensor whose shape matches the example input except for the batch."""
+def _read_check_input(path: str, example: torch.Tensor, dynamic_batch: bool) -> torch.Tensor:
+    """The ``--check-input`` batch, of a shape the exported graph takes (checked before anything is exported)."""
     try:
         batch = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(f"--check-input {path!r} could not be read as a tensor file: {exc}") from None
-    if not isinstance(batch, torch.Tensor) or not batch.is_floating_point() or batch.shape[1:] != example.shape[1:]:
+    dims, n = ", ".join(map(str, example.shape[1:])), len(example)
+    want = f"[B, {dims}] (B up to {_MAX_BATCH})" if dynamic_batch else \
+        f"[{n}, {dims}] (other batch sizes need --dynamic-batch)"
+    if not isinstance(batch, torch.Tensor) or not batch.is_floating_point() or batch.shape[1:] != example.shape[1:] \
+            or not (1 <= len(batch) <= _MAX_BATCH if dynamic_batch else len(batch) == n):
         what = f"a {batch.dtype} tensor of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) \
             else type(batch).__name__
-        raise DataError(f"--check-input {path!r}: expected a floating-point tensor of shape "
-                         f"[B, {', '.join(map(str, example.shape[1:]))}], got {what}")
+        raise DataError(f"--check-input {path!r}: expected a floating-point tensor of shape {want}, got {what}")
     return batch.float()

@@ -2,33 +2,40 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Iterator, List, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .neurons import MultiStepNeuron
 
-__all__ = ["LayerFlips", "Fidelity", "neuron_outputs", "compare"]
+__all__ = ["LayerFlips", "Fidelity", "recording_spikes", "neuron_outputs", "compare"]
 
 
-def neuron_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Run ``model`` on ``x`` without gradients; return (output, {neuron layer name: its spikes})."""
+@contextmanager
+def recording_spikes(model: nn.Module) -> Iterator[Dict[str, torch.Tensor]]:
+    """``{neuron layer name: its spikes}`` of the forward passes inside the block (a layer's second call: name#2)."""
     spikes: Dict[str, torch.Tensor] = {}
+    names = {m: name for name, m in model.named_modules() if isinstance(m, MultiStepNeuron)}
 
-    def keep(name: str):
-        return lambda _m, _i, out: spikes.__setitem__(name, out.detach())
+    def keep(m: nn.Module, _i, out: torch.Tensor) -> None:
+        calls = sum(k.split("#")[0] == names[m] for k in spikes)
+        spikes[f"{names[m]}#{calls + 1}" if calls else names[m]] = out
 
-    hooks = [m.register_forward_hook(keep(name)) for name, m in model.named_modules()
-             if isinstance(m, MultiStepNeuron)]
+    hooks = [m.register_forward_hook(keep) for m in names]
     try:
-        with torch.no_grad():
-            out = model(x)
+        yield spikes
     finally:
         for h in hooks:
             h.remove()
-    return out, spikes
+
+
+def neuron_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Run ``model`` on ``x`` without gradients; return (output, :func:`recording_spikes`'s spikes)."""
+    with recording_spikes(model) as spikes, torch.no_grad():
+        return model(x), spikes
 
 
 @dataclass

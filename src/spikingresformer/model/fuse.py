@@ -15,6 +15,7 @@ from typing import Dict, Iterable, Tuple
 import torch
 from torch import nn
 
+from ..fidelity import compare, neuron_outputs
 from .layers import SeqBatchNorm2d, SeqConv2d
 
 __all__ = ["fuse_for_inference", "fold_batchnorm", "count_spike_flips"]
@@ -81,12 +82,7 @@ def _no_training(self: nn.Module, mode: bool = True) -> nn.Module:
 
 def count_spike_flips(model: nn.Module, fused: nn.Module, x: torch.Tensor) -> Dict[str, float]:
     """How many spikes differ between ``model`` (eval) and its folded copy on input ``x``."""
-    from ..fidelity import compare, neuron_outputs
-
-    ref_out, ref = neuron_outputs(model.eval(), x)
-    out, got = neuron_outputs(fused, x)
-    fid = compare(ref_out, out, list(ref.values()), list(got.values()))
-    flipped = sum(layer.flipped for layer in fid.layers)
-    elements = sum(layer.elements for layer in fid.layers)
-    spikes = sum(int(s.sum()) for s in ref.values())
-    return {"flipped": flipped, "spikes": spikes, "elements": elements, "flip_rate": fid.flip_rate}
+    (ref_out, ref), (out, got) = neuron_outputs(model.eval(), x), neuron_outputs(fused, x)
+    fid = compare(ref_out, out, ref, got)
+    return {"flipped": sum(f.flipped for f in fid.layers), "spikes": sum(int(s.sum()) for s in ref.values()),
+            "elements": sum(f.elements for f in fid.layers), "flip_rate": fid.flip_rate}
