@@ -60,9 +60,12 @@ def test_each_expected_failure_is_one_line_with_exit_code_2(tmp_path, capsys, mo
 
     cases = [
         (_args(tmp_path / "a", lr=-1), "'lr' is -1.0"),  # RecipeError
-        (_args(tmp_path / "b", resume=str(tmp_path / "none.pth")), "does not exist"),  # MissingFileError
+        (_args(tmp_path / "b", resume=str(tmp_path / "none.pth")), "does not exist"),  # CheckpointNotFoundError
         (_args(tmp_path / "c", dataset="cifar10", data_root=str(tmp_path / "none"), img_size=8), "expected layout"),
         (_args(tmp_path / "d", interpolation="lanczos"), "'interpolation' is 'lanczos'"),
+        (["export", "--model", "nope", "--output", str(tmp_path / "x.onnx")], "unknown model 'nope'"),
+        (["convert", str(tmp_path / "none.pth"), "--model", "spikingresformer_cifar", "--output", str(tmp_path / "f"),
+          "--class-names", str(tmp_path / "names.txt")], f"No such file or directory: {tmp_path / 'names.txt'}"),
     ]
     for args, words in cases:
         capsys.readouterr()

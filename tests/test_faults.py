@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List
 
 import pytest
@@ -220,6 +221,24 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_exactly(tmp_path, capsys, 
     assert rc == 0, err
     assert "in epoch 1 after step 2" in stdout
     _same_run(ref, out)
+
+
+def test_a_stop_asked_on_another_rank_stops_this_one_at_the_same_epoch(tmp_path, capsys, monkeypatch):
+    """The epoch-end decision is agreed over ranks: here another rank (simulated) was asked to stop."""
+    import spikingresformer.training.engine as engine
+    import spikingresformer.training.train as train_mod
+
+    run = SimpleNamespace(stop=engine.StopFlag(), dist=SimpleNamespace(device=torch.device("cpu")))
+    assert engine.stop_agreed(run) is False
+    monkeypatch.setattr(engine, "all_reduce_sum", lambda t: t + 1)  # the other rank's flag
+    assert engine.stop_agreed(run) is True
+    monkeypatch.undo()
+
+    monkeypatch.setattr(train_mod, "stop_agreed", lambda run: True)
+    rc, stdout, err = _cli(capsys, _args(tmp_path / "run"))
+    assert rc == cli.EXIT_SIGTERM and "the start of epoch 1" in err
+    ckpt = load_training_checkpoint(tmp_path / "run" / "last.pth")
+    assert ckpt["epoch"] == 0 and "partial" not in ckpt
 
 
 def test_concurrent_run_is_refused_and_a_killed_holder_does_not_block(tmp_path, capsys):

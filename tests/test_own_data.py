@@ -102,8 +102,9 @@ def test_evaluate_and_energy_from_the_weight_file_alone(run_dir: Path, tmp_path:
     assert main(["evaluate", "--checkpoint", str(alone), "--progress", "false", "--energy", "false",
                  "--eval-limit", "4"]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["eval_samples"] == 4
-    assert main(["energy", "--checkpoint", str(run_dir), "--no-plots"]) == 0
-    assert "energy [spikingresformer_cifar, T=1" in capsys.readouterr().out
+    for source in (alone, run_dir):  # the weight file alone, and the run folder (with recipe.yaml)
+        assert main(["energy", "--checkpoint", str(source), "--no-plots"]) == 0
+        assert "energy [spikingresformer_cifar, T=1" in capsys.readouterr().out
 
 
 def test_export_from_run_folder_alone(run_dir: Path, tmp_path: Path, capsys) -> None:

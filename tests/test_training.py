@@ -48,7 +48,7 @@ def test_short_digits_training_learns(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert any((tmp_path / "tensorboard").iterdir())
     ckpt = load_training_checkpoint(tmp_path / "last.pth")
-    assert {"model", "optimizer", "lr_scheduler", "epoch", "max_acc1", "rng"} <= set(ckpt)
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "max_acc1", "recipe", "rate_flags"} <= set(ckpt)
     assert load_recipe(tmp_path / "recipe.yaml").epochs == 3
 
 

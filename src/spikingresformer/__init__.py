@@ -14,6 +14,7 @@ from torch import nn
 from .checkpoint import CheckpointError, LoadResult, load_checkpoint, read_state_dict, save_weights
 from .hub import load_model, save_pretrained
 from .model import VARIANTS, SpikingResformer, fuse_for_inference
+from .model.spikingresformer import check_variant
 
 __version__ = "0.1.0"
 
@@ -24,8 +25,7 @@ __all__ = ["CheckpointError", "LoadResult", "SpikingResformer", "VARIANTS", "cre
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered variant by name; the same call as ``timm.create_model(name, **kwargs)``."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(VARIANTS)}")
+    check_variant(name)
     return timm.create_model(name, **kwargs)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["main", "EXIT_ERROR", "EXIT_SIGTERM"]
 
@@ -88,18 +88,23 @@ def _described(checkpoint: Optional[str]):
         return None
 
 
+def _carried_recipe(src) -> Dict[str, Any]:
+    """The training recipe that a weight file carries, less what only training uses."""
+    from .training import Recipe
+
+    base = {k: v for k, v in src.recipe.items()
+            if k in Recipe.__dataclass_fields__ and k not in ("resume", "overwrite", "transfer")}
+    return {**base, "output": str(src.folder)}
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .training import Recipe, load_recipe, parse_overrides, run_evaluation
+    from .training import load_recipe, parse_overrides, run_evaluation
 
     overrides = parse_overrides(args.overrides)
     src = _described(args.checkpoint)
     checkpoint = str(src.weights) if src is not None else args.checkpoint
     if src is not None and src.recipe is not None and not args.config:
-        # the training recipe that the weights carry, less what only training uses; flags override it
-        base = {k: v for k, v in src.recipe.items() if k in Recipe.__dataclass_fields__
-                and k not in ("resume", "overwrite", "transfer")}
-        base["output"] = str(src.folder)
-        recipe = load_recipe(None, {**base, **overrides})
+        recipe = load_recipe(None, {**_carried_recipe(src), **overrides})  # flags override the carried recipe
     else:
         recipe = load_recipe(args.config, overrides)
     run_evaluation(recipe, checkpoint, args.json_path)
@@ -112,11 +117,10 @@ def _run_energy(args: argparse.Namespace) -> int:
     src = _described(args.checkpoint)
     if src is not None:  # the model (and, with its recipe, the data) come from the checkpoint
         args.checkpoint = str(src.weights)
-        recipe_file = src.folder / "recipe.yaml"
-        if args.config is None and src.recipe is not None and recipe_file.is_file():
-            args.config = str(recipe_file)
+        if args.config is None and src.recipe is not None:
+            args.config = _carried_recipe(src)
         elif args.config is None:
-            model_args = src.config.get("model_args", {})
+            args.model_args = model_args = src.config.get("model_args", {})
             args.model = args.model or src.config["architecture"]
             args.T = args.T or model_args.get("T")
             if args.img_size is None and args.input_size is None:
@@ -183,8 +187,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RunInterrupted as e:
         print(f"spikingresformer {args.command}: {e}", file=sys.stderr)
         return EXIT_SIGTERM
-    except EXPECTED_ERRORS as e:  # anything else is a bug: its traceback is shown (exit code 1)
-        print(f"spikingresformer {args.command}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+    except (*EXPECTED_ERRORS, OSError) as e:  # anything else is a bug: its traceback is shown (exit code 1)
+        # OSError: a named file missing or unreadable, a write refused (disk full, permissions)
+        text = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
+        print(f"spikingresformer {args.command}: error: {' '.join(text.splitlines())}", file=sys.stderr)
         return EXIT_ERROR
 
 

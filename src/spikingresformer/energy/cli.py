@@ -65,12 +65,12 @@ RECIPE_KEYS = {"model": "model", "T": "T", "img_size": "img_size", "num_classes"
 
 
 def apply_recipe(args: argparse.Namespace) -> Optional[object]:
-    """Fill the recipe-key flags left unset from ``--config``; returns the recipe (or ``None``)."""
+    """Fill the recipe-key flags left unset from ``--config`` (a file, or the dict a weight file carries)."""
     recipe = None
     if getattr(args, "config", None):
         from ..training.recipe import load_recipe
 
-        recipe = load_recipe(args.config)
+        recipe = load_recipe(None, args.config) if isinstance(args.config, dict) else load_recipe(args.config)
         for dest, key in RECIPE_KEYS.items():
             if getattr(args, dest, None) is None and not (dest == "img_size" and args.input_size is not None):
                 setattr(args, dest, getattr(recipe, key))
@@ -83,11 +83,9 @@ def apply_recipe(args: argparse.Namespace) -> Optional[object]:
 
 def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> Tuple[List[torch.Tensor], dict]:
     """Input batches and the model options they imply (``in_chans``, ``num_classes``, ``T``, ``img_size``)."""
-    from .. import VARIANTS
-    from ..model.spikingresformer import DEFAULT_T, default_cfgs
+    from ..model.spikingresformer import DEFAULT_T, check_variant, default_cfgs
 
-    if args.model not in VARIANTS:
-        raise ValueError(f"unknown model {args.model!r}; expected one of {sorted(VARIANTS)}")
+    check_variant(args.model)
     cfg = default_cfgs[args.model]  # the variant's input size
     c, h, w = cfg["input_size"] if isinstance(cfg, dict) else cfg.default.input_size
     if args.input_size is not None:
@@ -95,7 +93,8 @@ def build_inputs(args: argparse.Namespace, recipe: Optional[object] = None) -> T
     elif args.img_size is not None:
         h = w = args.img_size
     T = args.T or DEFAULT_T[args.model]
-    opts = dict(getattr(recipe, "model_args", None) or {})  # a recipe's extra constructor arguments
+    # the constructor arguments of a recipe, or of a model folder's config.json
+    opts = dict(getattr(recipe, "model_args", None) or getattr(args, "model_args", None) or {})
     opts.update(T=T, img_size=h, in_chans=c)
     if args.num_classes is not None:
         opts["num_classes"] = args.num_classes

@@ -28,7 +28,7 @@ from ..neurons import MultiStepNeuron, build_neuron
 from ..neurons.bits import SpikeBits
 from .layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqMaxPool2d, SpikingMatmul
 
-__all__ = ["Downsample", "DSSA", "GWFFN", "SpikingResformer", "VARIANTS"]
+__all__ = ["Downsample", "DSSA", "GWFFN", "SpikingResformer", "UnknownModelError", "VARIANTS", "check_variant"]
 
 
 
@@ -697,6 +697,16 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
         img_size=64, num_classes=11, T=16,
     ),
 }
+
+class UnknownModelError(ValueError):
+    """A model name that is not one of the registered variants."""
+
+
+def check_variant(name: str) -> None:
+    """Raise :class:`UnknownModelError` unless ``name`` is a registered variant."""
+    if name not in VARIANTS:
+        raise UnknownModelError(f"unknown model {name!r}; expected one of {sorted(VARIANTS)}")
+
 
 #: Variants trained on event-camera frames ``[B, T, C, H, W]`` rather than images.
 EVENT_VARIANTS = frozenset({"spikingresformer_dvsg"})

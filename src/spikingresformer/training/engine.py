@@ -167,7 +167,7 @@ def train_one_epoch(run: Run, epoch: int,
                     run.log(f"epoch {epoch} step {step + 1}/{num_batches} loss {current:.4f} {speed:.1f} img/s")
             if stop_anywhere and step + 1 < end:
                 return {}, Progress(step=step + 1, loss_sum=loss_sum.item(), samples=samples)
-    if num_batches:
+    if num_batches and end % sync_every:  # (else the last step has just synchronised)
         _synchronise(run, epoch, loss, first_bad)
     totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64,
                                                                  device=dist.device)])).tolist()
@@ -178,6 +178,12 @@ def train_one_epoch(run: Run, epoch: int,
         "train_images_per_s": totals[1] / max(elapsed, 1e-9),
         "train_time_s": elapsed,
     }, None
+
+
+def stop_agreed(run: Run) -> bool:
+    """Whether any rank was asked to stop: one answer on every rank, so that all stop at the same place."""
+    flag = torch.tensor([float(run.stop.requested)], dtype=torch.float64, device=run.dist.device)
+    return bool(all_reduce_sum(flag).item() > 0)
 
 
 def _synchronise(run: Run, epoch: int, loss: torch.Tensor, first_bad: torch.Tensor) -> Tuple[float, bool]:

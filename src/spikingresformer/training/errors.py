@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..checkpoint import CheckpointError
 from ..data.errors import DataError
+from ..model.spikingresformer import UnknownModelError
 
-__all__ = ["RecipeError", "RunError", "MissingFileError", "DivergedError", "RunInterrupted", "EXPECTED_ERRORS"]
+__all__ = ["RecipeError", "RunError", "DivergedError", "RunInterrupted", "EXPECTED_ERRORS"]
 
 
 class RecipeError(ValueError):
@@ -14,10 +15,6 @@ class RecipeError(ValueError):
 
 class RunError(RuntimeError):
     """A run cannot start or continue for a reason the user can act on (folder in use, disk full, ...)."""
-
-
-class MissingFileError(RunError, FileNotFoundError):
-    """A file the recipe names (a checkpoint to resume from or transfer) does not exist."""
 
 
 class DivergedError(RunError):
@@ -29,4 +26,4 @@ class RunInterrupted(Exception):
 
 
 #: Failures a command reports in one line (exit code 2); anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (RecipeError, RunError, CheckpointError, DataError)
+EXPECTED_ERRORS = (RecipeError, RunError, CheckpointError, DataError, UnknownModelError)

@@ -17,7 +17,7 @@ from .distributed import cleanup_distributed, join_process_group, process_info
 from .engine import evaluate
 from .optim import amp_dtype
 from .recipe import Recipe
-from .run_state import Logger, output_folder, require_file, write_file
+from .run_state import Logger, output_folder, write_file
 
 __all__ = ["energy_summary", "run_evaluation"]
 
@@ -35,7 +35,7 @@ def run_evaluation(recipe: Recipe, checkpoint: Optional[str], output_json: Optio
         eval_ds, info = build_data(recipe, train=False)
         model = build_model(recipe, info)
         if checkpoint:
-            load_checkpoint(model, require_file(checkpoint, "checkpoint"))
+            load_checkpoint(model, checkpoint)
             log(f"loaded weights from {checkpoint}")
         model.to(dist.device)
         metrics = evaluate(model, eval_loader(recipe, dist, eval_ds), dist, amp_dtype(recipe, dist.device),

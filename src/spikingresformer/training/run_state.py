@@ -9,7 +9,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -18,10 +18,10 @@ from .. import fileio
 from ..checkpoint import CheckpointError, read_checkpoint_file, safetensors_metadata
 from ..model import DSSA
 from .distributed import DistInfo
-from .errors import MissingFileError, RunError
+from .errors import RunError
 
 __all__ = ["Logger", "RunFolder", "epoch_of", "load_training_checkpoint", "output_folder", "rate_flags",
-           "require_file", "set_rate_flags", "write_file"]
+           "set_rate_flags", "write_file"]
 
 #: Files that make a folder hold a run (a fresh start there must be asked for explicitly).
 RUN_FILES = ("last.pth", "best.pth", "best.safetensors", "metrics.jsonl")
@@ -82,17 +82,8 @@ def write_file(path: Path, data: bytes) -> None:
         raise RunError(f"could not write {path}: {e.strerror or e}; the previous {path.name} is unchanged") from None
 
 
-def require_file(path: Union[str, Path], what: str) -> Path:
-    """``path``, or a :class:`MissingFileError` when nothing is there (``what`` names its role)."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"{what} {path} does not exist")
-    return path
-
-
 def load_training_checkpoint(path: Path) -> Dict[str, Any]:
     """Read a training checkpoint (``model``, ``optimizer``, ``epoch``, ...); else a :class:`CheckpointError`."""
-    path = require_file(path, "checkpoint")
     ckpt = read_checkpoint_file(path)
     missing = [k for k in ("model", "optimizer", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
@@ -118,9 +109,8 @@ def set_rate_flags(model: nn.Module, flags: Dict[str, bool]) -> None:
     """Restore the flags saved by :func:`rate_flags`."""
     for name, m in model.named_modules():
         if isinstance(m, DSSA):
-            with torch.no_grad():
-                for i, key in enumerate(DSSA.RATE_NAMES):
-                    m.rates_seen[i] = bool(flags.get(f"{name}.{key}", bool(m.rates_seen[i])))
+            kept = zip(DSSA.RATE_NAMES, m.rates_seen.tolist())
+            m.rates_seen.copy_(torch.tensor([bool(flags.get(f"{name}.{key}", old)) for key, old in kept]))
 
 
 def epoch_of(path: Path) -> Optional[int]:

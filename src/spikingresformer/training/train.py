@@ -22,13 +22,13 @@ from ..checkpoint import CheckpointError
 from ..fileio import remove_orphans
 from .builders import build_data, build_model, eval_loader, train_loader
 from .distributed import DistInfo, cleanup_distributed, join_process_group, process_info
-from .engine import Progress, Run, StopFlag, evaluate, train_one_epoch
+from .engine import Progress, Run, StopFlag, evaluate, stop_agreed, train_one_epoch
 from .errors import DivergedError, RecipeError, RunError, RunInterrupted
 from .evaluate import energy_summary
 from .optim import amp_dtype, build_criterion, build_mixup, build_optimizer, build_scaler, build_scheduler
 from .recipe import Recipe
 from .run_state import (Logger, RunFolder, epoch_of, load_training_checkpoint, output_folder, rate_flags,
-                        require_file, set_rate_flags, write_file)
+                        set_rate_flags, write_file)
 
 __all__ = ["run_training"]
 
@@ -63,7 +63,7 @@ def run_training(recipe: Recipe) -> Dict[str, Any]:
                 log(f"removed {p.name}, a temporary file left by an interrupted write")
         resume = folder.resume_source(recipe.resume, recipe.overwrite)
         resumed = load_training_checkpoint(resume) if resume else None
-        transfer = read_state_dict(require_file(recipe.transfer, "transfer checkpoint")) if recipe.transfer else None
+        transfer = read_state_dict(recipe.transfer) if recipe.transfer else None
 
         # 3. data
         torch.manual_seed(recipe.seed + dist.rank)  # the model's initial weights
@@ -227,7 +227,7 @@ def _fit(run: Run, state: _State, split: Optional[str]) -> Dict[str, Any]:
                 writer.flush()
             run.log(_epoch_line(metrics))
             final = metrics
-            if run.stop.requested and epoch + 1 < recipe.epochs:  # after the last epoch the run is simply done
+            if stop_agreed(run) and epoch + 1 < recipe.epochs:  # after the last epoch the run is simply done
                 _stopped(run, epoch + 1, 0)
     finally:
         if writer is not None:
@@ -263,7 +263,6 @@ def _checkpoint(run: Run, state: _State, epoch: int, partial: Optional[Dict[str,
         "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
         "epoch": epoch, "max_acc1": state.best_acc1, "best_epoch": state.best_epoch,
-        "rng": {"seed": run.recipe.seed, "streams": "seeded from (seed, rank, epoch, step)"},
         "rate_flags": rate_flags(model), "recipe": run.recipe.to_dict(),
     }
     if partial is not None:
